@@ -1,0 +1,4 @@
+"""spurjax: metadata lives in setup.cfg."""
+import setuptools
+
+setuptools.setup()

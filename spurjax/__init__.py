@@ -1,0 +1,11 @@
+"""spurjax: adversarial robustness versus natural distributional robustness, in JAX.
+
+Reproduces and extends Moayeri, Banihashem & Feizi, "Explicit Tradeoffs between Adversarial
+and Natural Distributional Robustness" (NeurIPS 2022).
+
+Modules:
+  theory: the exact core/spurious Gaussian linear-regression model (closed forms, minimizers).
+  parallel: sharding of vmapped grids over all local devices (and processes).
+"""
+
+__version__ = "0.1.0"
