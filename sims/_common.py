@@ -1,0 +1,94 @@
+"""Shared plumbing of the `sims.*` entry points: presets, flag checks, manifests.
+
+Each sim keeps a thin absl `main` that turns flags into a config dict and calls a testable
+`run(config, workdir)`; this module holds what they all share.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import flags
+from absl import logging
+
+from spurjax import io
+
+_PACKAGES = ("spurjax", "jax", "jaxlib", "flax", "optax", "numpy", "chex", "orbax-checkpoint")
+
+
+def versions() -> dict[str, str]:
+  """Installed versions of the packages a result depends on."""
+  out = {"python": platform.python_version()}
+  for name in _PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = "not installed"
+  return out
+
+
+def write_manifest(workdir: str, *, config: Mapping[str, Any], seed: int | None,
+                   wall_time_s: float, outputs: Sequence[str],
+                   extra: Mapping[str, Any] | None = None) -> str:
+  """Writes `manifest.json` (config, versions, devices, seed, wall time, outputs) atomically.
+
+  Returns:
+    The manifest's path.
+  """
+  import jax  # Imported late so that flags/env (XLA_FLAGS, x64) are set before jax starts.
+  manifest = {
+      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+      "config": dict(config),
+      "seed": seed,
+      "wall_time_s": round(float(wall_time_s), 3),
+      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "versions": versions(),
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "process_count": jax.process_count(),
+      "x64": bool(jax.config.jax_enable_x64),
+      "outputs": list(outputs),
+  }
+  if extra:
+    manifest.update(extra)
+  path = os.path.join(workdir, "manifest.json")
+  io.write_json(path, manifest)
+  return path
+
+
+def flag_values_dict(names: Sequence[str]) -> dict[str, Any]:
+  """The current values of the named absl flags, as a plain dict."""
+  return {n: flags.FLAGS[n].value for n in names}
+
+
+def check(condition: bool, message: str) -> None:
+  """Raises `flags.ValidationError` (absl prints it as a usage error) unless `condition`."""
+  if not condition:
+    raise flags.ValidationError(message)
+
+
+def register_validator(flag_name: str, predicate: Callable[[Any], bool], message: str) -> None:
+  """Registers an absl validator so that a bad flag value exits with a usage message."""
+  flags.register_validator(flag_name, predicate, message=f"--{flag_name}: {message}")
+
+
+class Timer:
+  """Wall-clock timer: `with Timer() as t: ...; t.seconds`."""
+
+  def __enter__(self) -> "Timer":
+    self.start = time.perf_counter()
+    self.seconds = 0.0
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.seconds = time.perf_counter() - self.start
+
+
+def log_progress(done: int, total: int, what: str) -> None:
+  """Logs `what: done/total (pct%)` through absl logging."""
+  logging.info("%s: %d/%d (%.0f%%)", what, done, total, 100.0 * done / max(total, 1))
