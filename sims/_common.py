@@ -92,3 +92,34 @@ class Timer:
 def log_progress(done: int, total: int, what: str) -> None:
   """Logs `what: done/total (pct%)` through absl logging."""
   logging.info("%s: %d/%d (%.0f%%)", what, done, total, 100.0 * done / max(total, 1))
+
+
+def define_common_flags(default_workdir: str, presets: Sequence[str]) -> None:
+  """Defines --workdir, --preset, --x64 and the multi-process flags shared by the sims."""
+  flags.DEFINE_string("workdir", default_workdir, "Directory for figures, data and manifest.")
+  flags.DEFINE_enum("preset", "default", list(presets), "Grid/size preset.")
+  flags.DEFINE_bool("x64", True, "Compute in float64 (the exact theory needs it).")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0 for a multi-process run (jax.distributed).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (jax.distributed).",
+                       lower_bound=1)
+  flags.DEFINE_integer("process_id", None, "This process's index (jax.distributed).",
+                       lower_bound=0)
+
+
+def resolve_config(presets: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> dict:
+  """The preset's values, overridden by every flag in `names` given on the command line."""
+  config = dict(presets[flags.FLAGS.preset])
+  for name in names:
+    if flags.FLAGS[name].present or name not in config:
+      config[name] = flags.FLAGS[name].value
+  return config
+
+
+def start_runtime() -> None:
+  """Applies --x64 and starts jax.distributed if the flags or environment ask for it."""
+  import jax
+  from spurjax import parallel
+  jax.config.update("jax_enable_x64", bool(flags.FLAGS.x64))
+  parallel.maybe_initialize_distributed(flags.FLAGS.coordinator_address,
+                                        flags.FLAGS.num_processes, flags.FLAGS.process_id)

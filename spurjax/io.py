@@ -40,11 +40,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
       yield f
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _plain(x: Any) -> Any:
