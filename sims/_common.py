@@ -123,3 +123,49 @@ def start_runtime() -> None:
   jax.config.update("jax_enable_x64", bool(flags.FLAGS.x64))
   parallel.maybe_initialize_distributed(flags.FLAGS.coordinator_address,
                                         flags.FLAGS.num_processes, flags.FLAGS.process_id)
+
+
+def write_outputs(workdir: str, name: str, *, rows: Sequence[Mapping[str, Any]],
+                  fieldnames: Sequence[str], figure: Any, config: Mapping[str, Any],
+                  seed: int | None, start: float,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+  """Writes NAME.csv, NAME.png and manifest.json atomically (on process 0 only).
+
+  Args:
+    workdir: output directory.
+    name: file stem.
+    rows: CSV rows.
+    fieldnames: CSV column order.
+    figure: a matplotlib figure (closed after saving).
+    config: the resolved config, stored in the manifest.
+    seed: the run's seed (None if deterministic).
+    start: `time.perf_counter()` at the start of the run.
+    extra: more manifest entries.
+
+  Returns:
+    The three paths.
+  """
+  import matplotlib.pyplot as plt
+  from spurjax import parallel
+  paths = dict(csv=os.path.join(workdir, f"{name}.csv"),
+               png=os.path.join(workdir, f"{name}.png"),
+               manifest=os.path.join(workdir, "manifest.json"))
+  if parallel.is_writer():
+    io.write_csv(paths["csv"], rows, fieldnames)
+    io.save_figure(figure, paths["png"])
+    write_manifest(workdir, config=config, seed=seed,
+                   wall_time_s=time.perf_counter() - start,
+                   outputs=[os.path.basename(p) for p in paths.values()], extra=extra)
+    logging.info("wrote %s", ", ".join(paths.values()))
+  plt.close(figure)
+  return paths
+
+
+def use_agg() -> None:
+  """Selects matplotlib's file-only backend (no display needed)."""
+  import matplotlib
+  matplotlib.use("Agg")
+
+
+NORM_LABELS = {"l1": r"$\ell_1$", "l2": r"$\ell_2$", "linf": r"$\ell_\infty$"}
+NORM_COLORS = {"l1": "tab:blue", "l2": "tab:orange", "linf": "tab:green"}

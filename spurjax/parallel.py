@@ -97,6 +97,9 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
   if process_id is None and os.environ.get("JAX_PROCESS_ID"):
     process_id = int(os.environ["JAX_PROCESS_ID"])
+  if address or os.environ.get("SPURJAX_DISTRIBUTED") == "1":
+    # CPU processes exchange results (process_allgather) through gloo; GPU/TPU ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if address:
     if num_processes is None or process_id is None:
       raise ValueError("a coordinator address needs num_processes and process_id too")

@@ -1,0 +1,207 @@
+"""The theory sims (shift tradeoff, spurious helps, finite sample): claims, outputs, flags,
+atomic writes, and a two-process run on JAX's distributed runtime."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from spurjax import empirical
+from spurjax import io
+from spurjax import theory as T
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(extra=None):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.update(extra or {})
+  return env
+
+
+def _sim(name, *args, extra_env=None):
+  return subprocess.run([sys.executable, "-m", f"sims.{name}", *args], capture_output=True,
+                        text=True, env=_env(extra_env), cwd=ROOT, timeout=400)
+
+
+def _rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.mark.parametrize("name", ["shift_tradeoff", "spurious_helps", "finite_sample"])
+def test_small_preset_outputs(tmp_path, name):
+  proc = _sim(name, "--preset=small", f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for f in (f"{name}.png", f"{name}.csv", "manifest.json"):
+    assert (tmp_path / f).stat().st_size > 0, f
+  rows = _rows(tmp_path / f"{name}.csv")
+  assert rows
+  if name == "shift_tradeoff":
+    # Claim 3 in the sim's own output: zero gap while w_spu = 0, positive once w_spu > 0
+    # (for the shifted domains rho' = 0 and -rho).
+    for r in rows:
+      gap, w_spu = float(r["shift_gap"]), float(r["w_spu"])
+      if float(r["rho_test"]) == 0.9:
+        assert abs(gap) < 1e-12
+      elif w_spu == 0.0:
+        assert gap == 0.0
+      else:
+        assert gap > 0.0
+  if name == "spurious_helps":
+    for r in rows:
+      assert float(r["risk_spurious"]) <= float(r["risk_no_spurious"]) * (1 + 1e-12)
+      assert float(r["risk_spurious"]) <= float(r["risk_rho0"]) * (1 + 1e-12)
+  assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_shift_gap_zero_for_standard_positive_once_spurious():
+  model = T.CoreSpuriousModel(4, 3, 1.0, 0.7, 0.9, 0.0)
+  for norm in T.NORMS:
+    eps_star = float(T.robust_interpolation_radius(model, norm))
+    std = T.adversarial_minimizer(model, 0.0, norm)
+    assert float(T.shift_gap(model, std.w, 0.0)) == 0.0
+    assert float(T.shift_gap(model, std.w, -0.9)) == 0.0
+    for eps in np.linspace(0.0, 1.5, 31):
+      sol = T.adversarial_minimizer(model, eps, norm)
+      gap = float(T.shift_gap(model, sol.w, 0.0))
+      if float(sol.w_spu) != 0.0:
+        assert gap > 0.0, (norm, eps)
+        assert eps > eps_star
+      else:
+        assert gap == 0.0
+
+
+def test_spurious_features_help_adversarial_risk_strictly_past_eps_star():
+  """Claim 4: preserved correlation gives adversarial risk <= without, < past eps*
+  (up to the collapse radius of the spurious model, where both are Var(y))."""
+  for model in (T.CoreSpuriousModel(4, 3, 1.0, 0.7, 0.9, 0.0),
+                T.CoreSpuriousModel(2, 5, 1.5, 1.0, -0.7, 0.2)):
+    without = model.replace(d_spu=0)
+    rho0 = model.replace(rho=0.0)
+    for norm in T.NORMS:
+      eps_star = float(T.robust_interpolation_radius(model, norm))
+      eps0 = float(T.collapse_radius(model, norm))
+      for eps in np.linspace(0.0, 2.0, 41):
+        r_spu = float(T.adversarial_minimizer(model, eps, norm).risk)
+        r_without = float(T.adversarial_minimizer(without, eps, norm).risk)
+        r_rho0 = float(T.adversarial_minimizer(rho0, eps, norm).risk)
+        assert r_spu <= r_without * (1 + 1e-12) and r_spu <= r_rho0 * (1 + 1e-12)
+        np.testing.assert_allclose(r_rho0, r_without, rtol=1e-10)
+        has_spu = float(T.adversarial_minimizer(model, eps, norm).w_spu) != 0.0
+        if has_spu and eps < eps0:
+          assert r_spu < r_without * (1 - 1e-9), (norm, eps)
+        if eps <= eps_star and model.label_noise == 0:
+          np.testing.assert_allclose(r_spu, r_without, rtol=1e-12)
+
+
+def test_finite_sample_converges_at_root_n():
+  """Weight error of empirical adversarial training shrinks like n^-1/2 (log-log slope in
+  [-0.75, -0.35], mean over 4 fixed seeds) towards the exact population minimizer."""
+  model = T.CoreSpuriousModel(4, 3, 1.0, 0.7, 0.9, 0.0)
+  eps, norm = 0.6, "l2"
+  star = T.adversarial_minimizer(model, eps, norm)
+  ns, errs = [100, 1000, 10000], []
+  for n in ns:
+    def one(seed, n=n):
+      x, y = T.sample(jax.random.key(seed), model, n)
+      return empirical.fit_adversarial_linear(x, y, eps, norm, steps=1500).w
+    w = jax.jit(jax.vmap(one))(np.arange(4))
+    errs.append(float(np.mean(np.linalg.norm(np.asarray(w) - np.asarray(star.w), axis=1))))
+  slope = float(np.polyfit(np.log(ns), np.log(errs), 1)[0])
+  assert -0.75 <= slope <= -0.35, (slope, errs)
+  assert errs[-1] < 0.02
+
+
+def test_empirical_risk_matches_population_for_large_n():
+  model = T.CoreSpuriousModel(3, 2, 1.0, 2.0, 0.8, 0.3)
+  w = np.array([0.3, -0.1, 0.4, 0.2, 0.1])
+  x, y = T.sample(jax.random.key(3), model, 200_000)
+  for norm in T.NORMS:
+    emp = float(empirical.empirical_adversarial_risk(w, x, y, 0.5, norm))
+    pop = float(T.adversarial_risk(model, w, 0.5, norm))
+    np.testing.assert_allclose(emp, pop, rtol=0.01)
+
+
+@pytest.mark.parametrize("name, flag", [
+    ("finite_sample", "--n_list="),
+    ("finite_sample", "--n_list=-5,100"),
+    ("finite_sample", "--eps_list=-1"),
+    ("finite_sample", "--norms=l7"),
+    ("shift_tradeoff", "--rho_test=2"),
+    ("shift_tradeoff", "--rho_test=a,b"),
+    ("shift_tradeoff", "--n_eps=1"),
+    ("spurious_helps", "--eps_max=0"),
+    ("spurious_helps", "--sigma_spu=-1"),
+])
+def test_bad_flags_are_usage_errors(tmp_path, name, flag):
+  proc = _sim(name, f"--workdir={tmp_path}", flag)
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  flag_name = flag.split("=")[0]
+  assert flag_name in proc.stderr or flag_name in proc.stdout
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+  path = tmp_path / "table.csv"
+  io.write_csv(path, [dict(a=1, b=2)])
+  before = path.read_text()
+  with pytest.raises(RuntimeError):
+    with io.atomic_write(path) as f:
+      f.write("a,b\n3,")
+      raise RuntimeError("killed mid-write")
+  assert path.read_text() == before
+  assert os.listdir(tmp_path) == ["table.csv"]
+
+
+def test_rerun_in_same_workdir_replaces_outputs(tmp_path):
+  for _ in range(2):
+    proc = _sim("spurious_helps", "--preset=small", f"--workdir={tmp_path}", "--norms=l2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path)) == ["manifest.json", "spurious_helps.csv",
+                                         "spurious_helps.png"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_on_jax_distributed_match_single_process(tmp_path):
+  """Two CPU processes on localhost, one device each; process 0 writes the merged grid."""
+  port = _free_port()
+  args = ["--preset=small", "--norms=linf", "--n_eps=5", "--n_ratio=4", "--n_rho=3"]
+  multi = tmp_path / "multi"
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "sims.phase_diagram", *args, f"--workdir={multi}",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  single = tmp_path / "single"
+  proc = _sim("phase_diagram", *args, f"--workdir={single}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  a, b = _rows(multi / "phase_diagram.csv"), _rows(single / "phase_diagram.csv")
+  assert len(a) == len(b) > 0
+  for ra, rb in zip(a, b):
+    assert ra["norm"] == rb["norm"] and ra["diagram"] == rb["diagram"]
+    np.testing.assert_allclose([float(ra[k]) for k in ("eps", "w_core", "w_spu", "risk")],
+                               [float(rb[k]) for k in ("eps", "w_core", "w_spu", "risk")],
+                               rtol=1e-12, atol=1e-15)
+  import json
+  manifest = json.loads((multi / "manifest.json").read_text())
+  assert manifest["process_count"] == 2
