@@ -298,45 +298,68 @@ def _in_half(key: jax.Array, half: jax.Array, num_classes: int) -> jax.Array:
   return jnp.where(half == 0, c, n0 + c).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "domain", "with_backgrounds"))
-def _render(key: jax.Array, config: DataConfig, batch_size: int, domain: str,
-            with_backgrounds: bool = False) -> tuple[Batch, jax.Array | None]:
-  """Samples latent factors and renders a batch; see the module docstring for the model."""
+def _domain_flags(config: DataConfig, domain: str) -> dict[str, Any]:
+  """The domain as traced numbers, so that all domains share one compilation."""
+  k = config.num_classes
+  correlated = domain in ("train", "waterbirds_train")
+  return {
+      "waterbirds": jnp.asarray(domain.startswith("waterbirds")),
+      "shifted": jnp.asarray(domain == "shifted"),
+      "p_style": jnp.asarray(config.p if domain == "train" else 1.0 / k, jnp.float32),
+      "p_place": jnp.asarray(config.wb_p_train if domain == "waterbirds_train"
+                             else config.wb_p_test, jnp.float32),
+      "p_marker": jnp.asarray(config.marker_p if correlated else 1.0 / k, jnp.float32),
+  }
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def _render(key: jax.Array, config: DataConfig, batch_size: int,
+            flags: dict[str, Any]) -> tuple[Batch, jax.Array]:
+  """Samples latent factors and renders a batch and its backgrounds `(B, S, S, 3)`.
+
+  See the module docstring for the model; `flags` comes from `_domain_flags`.
+  """
   k = config.num_classes
   keys = jax.random.split(key, 12)
   b = (batch_size,)
-  waterbirds = domain.startswith("waterbirds")
-  if waterbirds:
-    y = jax.random.bernoulli(keys[0], 0.5, b).astype(jnp.int32)
-    p_place = config.wb_p_train if domain == "waterbirds_train" else config.wb_p_test
-    place = _correlated(keys[1], y, p_place, 2)
-    shape_id = _in_half(keys[2], y, k)
-    bg_id = _in_half(keys[3], place, k)
-    labels, groups = y, 2 * y + place
-  else:
-    shape_id = jax.random.randint(keys[0], b, 0, k).astype(jnp.int32)
-    p_bg = config.p if domain == "train" else 1.0 / k
-    bg_id = _correlated(keys[1], shape_id, p_bg, k)
-    labels, groups = shape_id, jnp.full(b, -1, jnp.int32)
+  wb = flags["waterbirds"]
+  # Waterbirds domains: y, place, then a class within y and a style within place.
+  y = jax.random.bernoulli(keys[0], 0.5, b).astype(jnp.int32)
+  place = _correlated(keys[1], y, flags["p_place"], 2)
+  wb_shape = _in_half(keys[2], y, k)
+  wb_style = _in_half(keys[3], place, k)
+  # K-class domains: a uniform class and a style equal to it with probability p_style.
+  cls = jax.random.randint(keys[2], b, 0, k).astype(jnp.int32)
+  style = _correlated(keys[3], cls, flags["p_style"], k)
+  shape_id = jnp.where(wb, wb_shape, cls)
+  bg_id = jnp.where(wb, wb_style, style)
+  labels = jnp.where(wb, y, cls)
+  groups = jnp.where(wb, 2 * y + place, -1).astype(jnp.int32)
   places = superclass(bg_id, k)
 
   fs = config.fg_scale
-  if domain == "shifted":
-    big = jax.random.bernoulli(keys[4], 0.5, b)
-    radius = jnp.where(big, jax.random.uniform(keys[5], b, minval=0.31, maxval=0.35),
+  # Training poses: centred, mid-sized, mildly rotated.
+  radius_t = jax.random.uniform(keys[5], b, minval=0.2, maxval=0.27) * fs
+  angle_t = jax.random.uniform(keys[7], b, minval=-jnp.pi / 6, maxval=jnp.pi / 6)
+  cy_t = jax.random.uniform(keys[8], b, minval=0.38, maxval=0.62)
+  cx_t = jax.random.uniform(keys[9], b, minval=0.38, maxval=0.62)
+  # Shifted poses: smaller or larger, strongly rotated, off-centre.
+  big = jax.random.bernoulli(keys[4], 0.5, b)
+  radius_s = jnp.where(big, jax.random.uniform(keys[5], b, minval=0.31, maxval=0.35),
                        jax.random.uniform(keys[5], b, minval=0.11, maxval=0.15)) * fs
-    sign = jnp.where(jax.random.bernoulli(keys[6], 0.5, b), 1.0, -1.0)
-    angle = sign * jax.random.uniform(keys[7], b, minval=jnp.pi / 6, maxval=5 * jnp.pi / 6)
-    direction = jax.random.uniform(keys[8], b, minval=0.0, maxval=2 * jnp.pi)
-    dist = jax.random.uniform(keys[9], b, minval=0.2, maxval=0.3)
-    lim = jnp.clip(0.75 * radius, 0.05, 0.45)
-    cy = jnp.clip(0.5 + dist * jnp.sin(direction), lim, 1 - lim)
-    cx = jnp.clip(0.5 + dist * jnp.cos(direction), lim, 1 - lim)
-  else:
-    radius = jax.random.uniform(keys[5], b, minval=0.2, maxval=0.27) * fs
-    angle = jax.random.uniform(keys[7], b, minval=-jnp.pi / 6, maxval=jnp.pi / 6)
-    cy = jax.random.uniform(keys[8], b, minval=0.38, maxval=0.62)
-    cx = jax.random.uniform(keys[9], b, minval=0.38, maxval=0.62)
+  turn = jnp.where(jax.random.bernoulli(keys[6], 0.5, b), 1.0, -1.0)
+  angle_s = turn * jax.random.uniform(keys[7], b, minval=jnp.pi / 6, maxval=5 * jnp.pi / 6)
+  direction = jax.random.uniform(keys[8], b, minval=0.0, maxval=2 * jnp.pi)
+  dist = jax.random.uniform(keys[9], b, minval=0.2, maxval=0.3)
+  lim = jnp.clip(0.75 * radius_s, 0.05, 0.45)
+  cy_s = jnp.clip(0.5 + dist * jnp.sin(direction), lim, 1 - lim)
+  cx_s = jnp.clip(0.5 + dist * jnp.cos(direction), lim, 1 - lim)
+  sh = flags["shifted"]
+  radius = jnp.where(sh, radius_s, radius_t)
+  angle = jnp.where(sh, angle_s, angle_t)
+  cy = jnp.where(sh, cy_s, cy_t)
+  cx = jnp.where(sh, cx_s, cx_t)
+
   sign = jnp.where(jax.random.bernoulli(keys[10], 0.5, b), 1.0, -1.0)
   kc, kp, km, kcorner = jax.random.split(keys[11], 4)
   colors = 0.5 + sign[:, None] * (0.25 + 0.2 * jax.random.uniform(kc, b + (3,)))
@@ -347,8 +370,7 @@ def _render(key: jax.Array, config: DataConfig, batch_size: int, domain: str,
   images = masks[..., None] * colors[:, None, None, :] + (1 - masks[..., None]) * backgrounds
 
   if config.marker:
-    correlated = domain in ("train", "waterbirds_train")
-    marker_ids = _correlated(km, shape_id, config.marker_p if correlated else 1.0 / k, k)
+    marker_ids = _correlated(km, shape_id, flags["p_marker"], k)
     corner = jax.random.randint(kcorner, b, 0, 4)
     marker_masks = jax.vmap(functools.partial(_marker_mask, config))(corner) * (1 - masks)
     mcol = jnp.asarray(_marker_colors(k))[marker_ids]
@@ -365,7 +387,7 @@ def _render(key: jax.Array, config: DataConfig, batch_size: int, domain: str,
                 boxes=_boxes(masks), bg_ids=bg_id, places=places, groups=groups,
                 marker_masks=marker_masks, marker_ids=marker_ids,
                 colors=colors.astype(jnp.float32))
-  return batch, (backgrounds.astype(jnp.float32) if with_backgrounds else None)
+  return batch, backgrounds.astype(jnp.float32)
 
 
 def _check_common(config: DataConfig, batch_size: int, domain: str) -> None:
@@ -395,7 +417,7 @@ def sample_batch(key: jax.Array, config: DataConfig, batch_size: int,
     A `Batch` of jax arrays.
   """
   _check_common(config, batch_size, domain)
-  return _render(key, config, batch_size, domain)[0]
+  return _render(key, config, batch_size, _domain_flags(config, domain))[0]
 
 
 def batches(key: jax.Array, config: DataConfig, batch_size: int,
@@ -406,19 +428,20 @@ def batches(key: jax.Array, config: DataConfig, batch_size: int,
     `Batch` objects, as `sample_batch(jax.random.fold_in(key, t), config, batch_size, domain)`.
   """
   _check_common(config, batch_size, domain)
+  flags = _domain_flags(config, domain)
   t = 0
   while True:
-    yield _render(jax.random.fold_in(key, t), config, batch_size, domain)[0]
+    yield _render(jax.random.fold_in(key, t), config, batch_size, flags)[0]
     t += 1
 
 
 def _generate(key: jax.Array, config: DataConfig, n: int, domain: str,
-              chunk: int = 1000) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """n examples as numpy arrays (chunked so memory stays bounded), plus the backgrounds."""
-  size = min(chunk, n)
+              size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """n examples as numpy arrays, rendered in chunks of `size`, plus their backgrounds."""
   parts, bgs = [], []
+  flags = _domain_flags(config, domain)
   for i, start in enumerate(range(0, n, size)):
-    batch, bg = _render(jax.random.fold_in(key, i), config, size, domain, True)
+    batch, bg = _render(jax.random.fold_in(key, i), config, size, flags)
     m = min(size, n - start)
     parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:m], batch))
     bgs.append(np.asarray(bg)[:m])
@@ -518,18 +541,20 @@ def make_eval_set(key: jax.Array, config: DataConfig, n: int = 1000, *,
   Returns:
     An `EvalSet`.
   """
-  _check_common(config, max(int(n), 1) if isinstance(n, int) else n, domain)
-  if domain.startswith("waterbirds"):
-    raise ValueError(f"domain: the main set needs K-class labels, got {domain!r}")
   if not isinstance(n, int) or n < 2:
     raise ValueError(f"n: must be an int >= 2, got {n!r}")
+  _check_common(config, n, domain)
+  if domain.startswith("waterbirds"):
+    raise ValueError(f"domain: the main set needs K-class labels, got {domain!r}")
   n_groups = n if n_groups is None else n_groups
   n_shifted = n if n_shifted is None else n_shifted
   for name, v in (("n_groups", n_groups), ("n_shifted", n_shifted)):
     if not isinstance(v, int) or v < 0:
       raise ValueError(f"{name}: must be an int >= 0, got {v!r}")
   k_main, k_var, k_wb, k_shift = jax.random.split(key, 4)
-  main, backgrounds = _generate(k_main, config, n, domain)
+  # One chunk size for all parts: a single compilation of the renderer.
+  size = min(1000, max(n, n_groups, n_shifted))
+  main, backgrounds = _generate(k_main, config, n, domain, size)
   var = src = None
   if variants:
     var_arrays, src = in9_variants(k_var, main["images"], main["labels"], main["masks"],
@@ -537,14 +562,14 @@ def make_eval_set(key: jax.Array, config: DataConfig, n: int = 1000, *,
     var = {name: evalset_lib.Variant(a, main["labels"]) for name, a in var_arrays.items()}
   groups = shifted = None
   if n_groups:
-    wb, _ = _generate(k_wb, config, n_groups, "waterbirds_test")
+    wb, _ = _generate(k_wb, config, n_groups, "waterbirds_test", size)
     p = float(config.wb_p_train)
     groups = evalset_lib.GroupSplit(
         images=wb["images"], labels=wb["labels"], places=wb["places"],
         label_map=np.asarray(superclass(np.arange(config.num_classes), config.num_classes)),
         train_group_fractions=np.array([p, 1 - p, 1 - p, p]) / 2)
   if n_shifted:
-    sh, _ = _generate(k_shift, config, n_shifted, "shifted")
+    sh, _ = _generate(k_shift, config, n_shifted, "shifted", size)
     shifted = evalset_lib.ShiftSplit(images=sh["images"], labels=sh["labels"])
   return evalset_lib.EvalSet(
       images=main["images"], labels=main["labels"], num_classes=config.num_classes,
