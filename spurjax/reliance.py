@@ -202,6 +202,21 @@ class _Model:
     self.pair = jax.jit(pair, static_argnames="mode")
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_model(apply_fn: ApplyFn, l2_fraction: float) -> _Model:
+  return _Model(apply_fn, l2_fraction)
+
+
+def _model_for(apply_fn: ApplyFn, l2_fraction: float) -> _Model:
+  """Reuses the compiled functions when the same classifier is evaluated again (e.g. on
+  several evaluation sets). Small cache: it keeps the last few classifiers alive."""
+  try:
+    hash(apply_fn)
+  except TypeError:
+    return _Model(apply_fn, l2_fraction)
+  return _cached_model(apply_fn, l2_fraction)
+
+
 def _predict_all(model: _Model, images: Any, batch_size: int) -> np.ndarray:
   n = _n(images)
   out = np.empty(n, np.int64)
@@ -250,7 +265,7 @@ def clean_accuracy(apply_fn: ApplyFn, images: Any, labels: Any, num_classes: int
     {"clean_acc": plain accuracy, "clean_bal_acc": balanced accuracy}.
   """
   _check_batch_size(batch_size)
-  model = _model or _Model(apply_fn, 0.25)
+  model = _model or _model_for(apply_fn, 0.25)
   lab = _labels(labels, _n(images), "labels")
   c = _Counter(num_classes)
   c.add(_predict_all(model, images, batch_size), lab)
@@ -286,7 +301,7 @@ def rfs(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, masks: Any,
     raise ValueError(f"trials: must be a positive int, got {trials!r}")
   if not sigmas or any(float(s) < 0 for s in sigmas):
     raise ValueError(f"sigmas: must be a non-empty list of non-negative levels, got {sigmas}")
-  model = _model or _Model(apply_fn, l2_fraction)
+  model = _model or _model_for(apply_fn, float(l2_fraction))
   n = _n(images)
   lab = _labels(labels, n, "labels")
   if evalset_lib._shape(masks) != evalset_lib._shape(images)[:3]:
@@ -330,7 +345,7 @@ def salient(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, soft_ma
     raise ValueError(f"trials: the protocol needs at least 5 trials, got {trials!r}")
   if float(sigma) <= 0:
     raise ValueError(f"sigma: must be positive, got {sigma}")
-  model = _model or _Model(apply_fn, 0.25)
+  model = _model or _model_for(apply_fn, 0.25)
   n = _n(images)
   lab = _labels(labels, n, "labels")
   k_core, k_marker = jax.random.split(key)
@@ -355,7 +370,7 @@ def in9(apply_fn: ApplyFn, variants: Mapping[str, evalset_lib.Variant], num_clas
     acc_mixed_rand (None unless both are given)}.
   """
   _check_batch_size(batch_size)
-  model = _model or _Model(apply_fn, 0.25)
+  model = _model or _model_for(apply_fn, 0.25)
   out: dict[str, float | None] = {}
   for name in evalset_lib.IN9_VARIANTS:
     if name not in variants:
@@ -381,7 +396,7 @@ def group_accuracy(apply_fn: ApplyFn, groups: evalset_lib.GroupSplit, *,
     P_train(g) acc_g; None without training fractions or with an absent group)}.
   """
   _check_batch_size(batch_size)
-  model = _model or _Model(apply_fn, 0.25)
+  model = _model or _model_for(apply_fn, 0.25)
   n = _n(groups.images)
   y = _labels(groups.labels, n, "groups.labels")
   place = _labels(groups.places, n, "groups.places")
@@ -421,7 +436,7 @@ def shift_accuracy(apply_fn: ApplyFn, images: Any, labels: Any,
     drop / id (None when id accuracy is 0)}.
   """
   _check_batch_size(batch_size)
-  model = _model or _Model(apply_fn, 0.25)
+  model = _model or _model_for(apply_fn, 0.25)
   c_id, c_sh = _Counter(num_classes), _Counter(num_classes)
   c_id.add(_predict_all(model, images, batch_size), _labels(labels, _n(images), "labels"))
   c_sh.add(_predict_all(model, shifted.images, batch_size),
@@ -472,7 +487,7 @@ def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
   sizes = [len(data)] + [_n(v.images) for v in (data.variants or {}).values()] + [
       _n(p.images) for p in (data.groups, data.shifted) if p is not None]
   batch_size = min(batch_size, max(sizes))  # No padding beyond the largest part.
-  model = _Model(apply_fn, l2_fraction)
+  model = _model_for(apply_fn, float(l2_fraction))
   k = data.num_classes
   k_rfs, k_sal = jax.random.split(key)
   out: dict[str, float | None] = {name: None for name in REQUIRED_KEYS}

@@ -48,14 +48,15 @@ def test_batch_shapes_ranges_and_masks(size):
 
 
 def test_same_key_same_images_and_different_key_differs():
-  a = data.sample_batch(jax.random.key(5), SMALL, 16, "uncorrelated")
-  b = data.sample_batch(jax.random.key(5), SMALL, 16, "uncorrelated")
-  c = data.sample_batch(jax.random.key(6), SMALL, 16, "uncorrelated")
+  # Sizes as in the fixtures, so that no new compilation is needed.
+  a = data.sample_batch(jax.random.key(5), SMALL, N_STATS, "uncorrelated")
+  b = data.sample_batch(jax.random.key(5), SMALL, N_STATS, "uncorrelated")
+  c = data.sample_batch(jax.random.key(6), SMALL, N_STATS, "uncorrelated")
   np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
   np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
   assert not np.array_equal(np.asarray(a.images), np.asarray(c.images))
-  e1 = data.make_eval_set(jax.random.key(9), SMALL, 40, n_groups=8, n_shifted=8)
-  e2 = data.make_eval_set(jax.random.key(9), SMALL, 40, n_groups=8, n_shifted=8)
+  e1 = data.make_eval_set(jax.random.key(9), SMALL, 120, n_groups=80, n_shifted=80)
+  e2 = data.make_eval_set(jax.random.key(9), SMALL, 120, n_groups=80, n_shifted=80)
   np.testing.assert_array_equal(e1.images, e2.images)
   np.testing.assert_array_equal(e1.variants["mixed_rand"].images,
                                 e2.variants["mixed_rand"].images)
@@ -134,9 +135,10 @@ def test_masks_align_with_object(stats_batches, small_eval):
 
 
 def test_fg_scale_and_contrast_knobs():
-  base = data.sample_batch(jax.random.key(1), SMALL, 256)
-  big = data.sample_batch(jax.random.key(1), SMALL.replace(fg_scale=1.5), 256)
-  flat = data.sample_batch(jax.random.key(1), SMALL.replace(bg_contrast=0.0), 256)
+  # p, bg_contrast and fg_scale are pytree leaves: changing them does not recompile.
+  base = data.sample_batch(jax.random.key(1), SMALL, N_STATS)
+  big = data.sample_batch(jax.random.key(1), SMALL.replace(fg_scale=1.5), N_STATS)
+  flat = data.sample_batch(jax.random.key(1), SMALL.replace(bg_contrast=0.0), N_STATS)
   ratio = float(big.masks.mean() / base.masks.mean())
   assert 1.8 < ratio < 2.7   # area scales as fg_scale**2 = 2.25
   bg = (1 - np.asarray(flat.masks) - np.asarray(flat.marker_masks))[..., None]
