@@ -488,6 +488,17 @@ def in9_variants(key: jax.Array, images: np.ndarray, labels: np.ndarray, masks: 
     (variants, sources): name -> `(N, S, S, 3)` images, and for each mixed variant the `(N,)`
     donor indices j.
   """
+  images, labels, masks, boxes, backgrounds = map(
+      np.asarray, (images, labels, masks, boxes, backgrounds))
+  n = images.shape[0]
+  for name, arr, shape in (("images", images, None), ("labels", labels, (n,)),
+                           ("masks", masks, images.shape[:3]), ("boxes", boxes, (n, 4)),
+                           ("backgrounds", backgrounds, images.shape)):
+    if shape is None:
+      if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"images: expected shape (N, S, S, 3), got {arr.shape}")
+    elif arr.shape != tuple(shape):
+      raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
   m = masks[..., None]
   s = images.shape[1]
   idx = np.arange(s)
