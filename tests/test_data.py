@@ -235,7 +235,7 @@ def test_shapes_are_learnable_on_uncorrelated_domain():
 
   @jax.jit
   def step(params, opt_state, key):
-    batch = data._render(key, config, 64, data._domain_flags(config, "uncorrelated"))[0]
+    batch = data.sample_batch(key, config, 64, "uncorrelated")   # generated inside the step
 
     def loss_fn(p):
       logits = _cnn(p, batch.images)
