@@ -252,6 +252,13 @@ def test_rfs_by_hand_with_a_mask_reading_classifier():
   assert out["rfs_a_fg"] == 0.0 and out["rfs_a_bg"] == 1.0 and out["rfs"] == 1.0
   out = reliance.salient(jax.random.key(0), apply_fn, images, labels, masks, 3, batch_size=6)
   assert out["core_acc"] == 1.0 and out["spur_acc"] == 0.0 and out["rcs"] == 1.0
+  # Always right or always wrong under any noise: accuracy 1 or 0 gives RFS = RCS = 0.
+  for shift in (0, 1):
+    fixed = lambda x, shift=shift: jnp.roll(jax.nn.one_hot(jnp.asarray(labels), 3), shift, 1)
+    out = reliance.evaluate(jax.random.key(0), fixed, evalset.EvalSet(
+        images, labels, 3, masks=masks, soft_masks=masks), sigmas=(0.1, 0.8))
+    assert out["rfs_a_fg"] == out["rfs_a_bg"] == 1 - shift
+    assert out["rfs"] == 0.0 and out["rfs_l2"] == 0.0 and out["rcs"] == 0.0
   with pytest.raises(ValueError, match="trials"):
     reliance.salient(jax.random.key(0), apply_fn, images, labels, masks, 3, trials=2)
   with pytest.raises(ValueError, match="masks"):
