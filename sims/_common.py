@@ -174,3 +174,16 @@ def use_agg() -> None:
 
 NORM_LABELS = {"l1": r"$\ell_1$", "l2": r"$\ell_2$", "linf": r"$\ell_\infty$"}
 NORM_COLORS = {"l1": "tab:blue", "l2": "tab:orange", "linf": "tab:green"}
+
+
+def compute_and_write(workdir: str, name: str, config: Mapping[str, Any], *,
+                      compute: Callable[[Any], list], figure: Callable[[Any, list], Any],
+                      fieldnames: Sequence[str], seed: int | None = None,
+                      extra: Callable[[list], Mapping[str, Any]] | None = None
+                      ) -> dict[str, str]:
+  """The body of a sim's `run`: rows = compute(config); write CSV, figure and manifest."""
+  start = time.perf_counter()
+  rows = compute(config)
+  return write_outputs(workdir, name, rows=rows, fieldnames=fieldnames,
+                       figure=figure(config, rows), config=config, seed=seed, start=start,
+                       extra=extra(rows) if extra else None)

@@ -157,17 +157,21 @@ def figure(config: dict[str, Any], rows: list[dict[str, Any]]):
   return fig
 
 
+def slopes(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+  """Log-log slope of the mean weight error against n, per norm and radius."""
+  return {f"{norm}_eps{e:g}": loglog_slope(*summarize(rows, norm, e)[:2])
+          for norm in config["norms"] for e in config["eps_list"]}
+
+
 def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
-  """Fits, compares, writes CSV, PNG and manifest."""
-  start = time.perf_counter()
-  rows = compute(config)
-  slopes = {f"{norm}_eps{e:g}": loglog_slope(*summarize(rows, norm, e)[:2])
-            for norm in config["norms"] for e in config["eps_list"]}
-  logging.info("log-log slopes of the weight error: %s", slopes)
-  return _common.write_outputs(workdir, "finite_sample", rows=rows, fieldnames=FIELDS,
-                               figure=figure(config, rows), config=config,
-                               seed=config["seed"], start=start,
-                               extra=dict(weight_error_slopes=slopes))
+  """Fits, compares, writes CSV, PNG and manifest (with the fitted slopes)."""
+  def extra(rows):
+    fitted = slopes(config, rows)
+    logging.info("log-log slopes of the weight error: %s", fitted)
+    return dict(weight_error_slopes=fitted)
+  return _common.compute_and_write(workdir, "finite_sample", config, compute=compute,
+                                   figure=figure, fieldnames=FIELDS, seed=config["seed"],
+                                   extra=extra)
 
 
 def main(argv):

@@ -122,11 +122,8 @@ def figure(config: dict[str, Any], rows: list[dict[str, Any]]):
 
 def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   """Computes the tradeoff and writes CSV, PNG and manifest."""
-  start = time.perf_counter()
-  rows = compute(config)
-  return _common.write_outputs(workdir, "shift_tradeoff", rows=rows, fieldnames=FIELDS,
-                               figure=figure(config, rows), config=config, seed=None,
-                               start=start)
+  return _common.compute_and_write(workdir, "shift_tradeoff", config, compute=compute, figure=figure,
+                                   fieldnames=FIELDS)
 
 
 def main(argv):

@@ -93,11 +93,8 @@ def figure(config: dict[str, Any], rows: list[dict[str, Any]]):
 
 def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   """Computes the comparison and writes CSV, PNG and manifest."""
-  start = time.perf_counter()
-  rows = compute(config)
-  return _common.write_outputs(workdir, "spurious_helps", rows=rows, fieldnames=FIELDS,
-                               figure=figure(config, rows), config=config, seed=None,
-                               start=start)
+  return _common.compute_and_write(workdir, "spurious_helps", config, compute=compute, figure=figure,
+                                   fieldnames=FIELDS)
 
 
 def main(argv):
