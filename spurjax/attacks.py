@@ -319,7 +319,8 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
 
   Returns:
     `(B, H, W, C)` adversarial images `x + delta` with `||delta_i||_p <= eps` and values in
-    [0, 1], under `stop_gradient`.
+    [0, 1], under `stop_gradient`: per example the iterate (start and final point included)
+    with the highest loss, so without a random start the loss is never below the clean one.
 
   Raises:
     ValueError naming the argument for an unknown `norm`, negative `eps`, `steps < 0`, or
@@ -344,16 +345,44 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
   else:
     delta = jnp.zeros_like(x)
 
-  grad_fn = jax.grad(lambda xa: jnp.sum(loss_fn(xa, y)))
+  def loss_and_grad(x_adv):
+    # vjp gives the per-example losses (to keep the best iterate) and the gradient of
+    # their sum (each example's own gradient) in one forward-backward pass.
+    losses, vjp = jax.vjp(lambda xa: loss_fn(xa, y), x_adv)
+    return losses, vjp(jnp.ones_like(losses))[0]
 
-  def body(_, delta):
-    x_adv = x + delta
-    g = grad_fn(x_adv)
-    return ops.project(delta + a * ops.direction(g, x_adv, l1_sparsity), x, eps)
+  def keep_best(best_x, best_loss, x_adv, losses):
+    better = losses > best_loss
+    mask = better.reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x_adv, best_x), jnp.where(better, losses, best_loss)
 
-  delta = jax.lax.fori_loop(0, steps, body, delta)
-  # The clip only absorbs a rounding ulp of x + (1 - x); it can only shrink |delta|.
-  return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
+  def body(_, carry):
+    delta, best_x, best_loss = carry
+    x_adv = _inward_point(x, delta)
+    losses, g = loss_and_grad(x_adv)
+    best_x, best_loss = keep_best(best_x, best_loss, x_adv, losses)
+    # The box test of the l1 step needs the unrounded point: x_adv sits an ulp inside.
+    delta = ops.project(delta + a * ops.direction(g, x + delta, l1_sparsity), x, eps)
+    return delta, best_x, best_loss
+
+  best_loss = jnp.full((x.shape[0],), -jnp.inf, x.dtype)
+  delta, best_x, best_loss = jax.lax.fori_loop(0, steps, body, (delta, x, best_loss))
+  x_last = _inward_point(x, delta)
+  best_x, _ = keep_best(best_x, best_loss, x_last, loss_fn(x_last, y))
+  return jax.lax.stop_gradient(best_x)
+
+
+def _inward_point(x: jax.Array, delta: jax.Array) -> jax.Array:
+  """`x + delta` rounded towards `x` and clipped to [0, 1].
+
+  fl(x + delta) is within half an ulp of the exact sum but may lie farther from x than
+  delta does; one `nextafter` step towards x puts it at most |delta_i| away, exactly, in
+  every coordinate, so ||x_adv - x||_p <= ||delta||_p holds without rounding slack (a small
+  eps spread over many pixels would otherwise overshoot the ball by ulps).
+  """
+  s = x + delta
+  s = jnp.where(s == x, s, jnp.nextafter(s, x))
+  return jnp.clip(s, 0.0, 1.0)
 
 
 def fgsm(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, norm: str = "linf",
