@@ -364,6 +364,7 @@ def train(config: TrainConfig, workdir: str, batch_fn: BatchFn, *,
     state, metrics = step_fn(state, images, labels, jax.random.fold_in(attack_key, s))
     loss = float(metrics["loss"])
     if not math.isfinite(loss):
+      io.append_jsonl(metrics_path, pending)  # the finite lines before the failure
       mngr.close()
       raise FloatingPointError(
           f"training loss is {loss} at step {s + 1} of {workdir}; last checkpoint at step "
