@@ -11,9 +11,10 @@ from spurjax import models
 
 @pytest.mark.parametrize("arch,width", [("small_cnn", 4), ("resnet18", 2)])
 def test_make_model_shapes(arch, width):
-  model = models.make_model(arch, 5, width=width, rngs=nnx.Rngs(0))
   x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 3))
-  out = models.eval_view(model)(x)
+  # Built and run inside one jit: one compilation instead of hundreds of eager dispatches.
+  out = jax.jit(lambda x: models.eval_view(
+      models.make_model(arch, 5, width=width, rngs=nnx.Rngs(0)))(x))(x)
   assert out.shape == (3, 5) and np.isfinite(np.asarray(out)).all()
 
 
