@@ -66,3 +66,23 @@ def test_count_params():
   # convs (no bias with BN) + BN scale/bias + head
   expected = (27 * 4 + 36 * 8 + 72 * 16) + 2 * (4 + 8 + 16) + (16 * 10 + 10)
   assert models.count_params(model) == expected
+
+
+def test_im2col_conv_equals_xla_conv():
+  """The im2col formulation computes the same function, values and gradients, as nnx.Conv."""
+  a = models.make_model("small_cnn", 4, width=4, conv_impl="im2col", rngs=nnx.Rngs(0))
+  b = models.make_model("small_cnn", 4, width=4, conv_impl="xla", rngs=nnx.Rngs(0))
+  pa, pb = nnx.state(a, nnx.Param), nnx.state(b, nnx.Param)
+  jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), pa, pb)
+  x = jax.random.uniform(jax.random.key(2), (2, 12, 12, 3))
+
+  @jax.jit
+  def run(x):
+    fa = lambda x: models.eval_view(a)(x).sum()
+    fb = lambda x: models.eval_view(b)(x).sum()
+    return models.eval_view(a)(x), models.eval_view(b)(x), jax.grad(fa)(x), jax.grad(fb)(x)
+
+  ya, yb, ga, gb = run(x)
+  np.testing.assert_allclose(np.asarray(ya), np.asarray(yb), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-4, atol=1e-7)
+  assert not np.allclose(np.asarray(ga), 0)
