@@ -3,23 +3,30 @@
 Each norm is three pure functions, looked up by name in `_NORMS` (the norm is a static
 string, never vmapped):
 
-  init(key, x, eps)        a random start *inside* the ball (radius drawn uniformly in [0, eps]),
-  direction(g, x_adv)      the steepest-ascent unit direction for the gradient `g`,
-  project(delta, eps)      the exact Euclidean projection onto the ball.
+  init(key, x, eps)           a random start *inside* the ball (direction uniform, radius
+                              eps * U[0, 1]; uniform in the cube for l_inf),
+  direction(g, x_adv, q)      the steepest-ascent unit direction for the gradient `g`,
+  project(delta, x, eps)      the exact Euclidean projection onto the ball intersected with
+                              the box {0 <= x + delta <= 1}.
 
 `pgd` iterates, for t = 1..steps (Madry et al. 2018),
 
-  delta <- Proj_eps(delta + a * dir(grad_x sum_i loss_i(x + delta)))
-  delta <- clip(x + delta, 0, 1) - x
+  delta <- Proj_{B_eps and box}(delta + a * dir(grad_x sum_i loss_i(x + delta)))
 
-in one `lax.fori_loop`. Clipping to the box after the projection never leaves the ball: it
-moves each coordinate of `delta` towards 0, which decreases every l_p norm.
+in one `lax.fori_loop`, and returns, per example, the iterate with the highest loss. The
+projection onto the intersection (rather than onto the ball, then clipping) makes fixed points
+optimal for linear losses: for l_inf both sets are coordinate-wise clips; for l2 and l1 the
+KKT conditions reduce it to one scalar multiplier per example, found by bisection. For l1 this
+is Duchi et al.'s (ICML 2008) soft threshold with per-coordinate caps, and equals it when the
+box does not bind. (optax's `projection_l1_ball` returns NaN at radius 0; the bisection here
+has no division.)
 
-l1 follows Tramer & Boneh (NeurIPS 2019, "SLIDE"): the step moves only the coordinates whose
-|g| is in the top `1 - l1_sparsity` fraction, after zeroing gradient entries that would push a
-pixel past the box, and the projection is Duchi et al. (ICML 2008), per example. (optax's
-`projection_l1_ball` returns NaN at radius 0, so the sort-based projection is written here
-with the division guarded.)
+l1 steps follow Tramer & Boneh (NeurIPS 2019, "SLIDE"): only coordinates whose |g| is in the
+top `1 - l1_sparsity` fraction move, after zeroing gradient entries that would push a pixel
+past the box.
+
+The returned point is `x + delta` rounded towards `x` (`_inward_point`), so that
+||x_adv - x||_p <= eps holds for the float32 values themselves, not only up to rounding.
 
 `linear_worst_case` gives the exact maximiser of `w . delta` over the ball intersected with
 the box, which makes the worst-case loss of linear classifiers and linear regressions exact:
@@ -37,7 +44,7 @@ import numpy as np
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-# Norms below this are treated as zero: g / ||g|| and eps / ||delta|| are guarded with it.
+# Sums of |u| below this are treated as zero (the l1 random direction is never that small).
 _TINY = 1e-12
 
 
@@ -73,16 +80,29 @@ def _l2_norm(v):
   return jnp.sqrt(_per_example_sum(v * v))
 
 
+def _unit_l2(v):
+  """v / ||v||_2 per example, and 0 where v = 0.
+
+  Dividing by max|v| first keeps the sum of squares from underflowing for tiny gradients
+  (a confident example's cross-entropy gradient can be ~1e-20, whose square is 0 in
+  float32), so every nonzero gradient still gives a full-length step; the guards make
+  v = 0 give 0 instead of 0/0.
+  """
+  m = jnp.max(jnp.abs(v), axis=tuple(range(1, v.ndim)), keepdims=True)
+  v = v / jnp.where(m > 0, m, 1.0)
+  n = _l2_norm(v)  # >= 1 where m > 0
+  return v / jnp.where(n > 0, n, 1.0)
+
+
 def _l2_init(key, x, eps):
   k_dir, k_rad = jax.random.split(key)
-  u = jax.random.normal(k_dir, x.shape, x.dtype)
-  u = u / jnp.maximum(_l2_norm(u), _TINY)
+  u = _unit_l2(jax.random.normal(k_dir, x.shape, x.dtype))
   return u * _uniform_radius(k_rad, x, eps)
 
 
 def _l2_direction(g, x_adv, sparsity):
   del x_adv, sparsity
-  return g / jnp.maximum(_l2_norm(g), _TINY)
+  return _unit_l2(g)
 
 
 # ------------------------------------------------------------------------------------- l1
@@ -114,7 +134,9 @@ def _l1_direction(g, x_adv, sparsity):
   return e.reshape(g.shape)
 
 
-_BISECT_ITERS = 60  # halvings of a bracket [0, max|v|]: far below float32 resolution.
+# Halvings of the multiplier's bracket: 2^-32 of its width is below float32 resolution, and
+# the feasible end of the bracket is returned, so fewer halvings never leave the ball.
+_BISECT_ITERS = 32
 
 
 def _bisect(pred, lo, hi):

@@ -105,6 +105,19 @@ def test_zero_gradient_gives_finite_point(norm):
 
 
 @pytest.mark.parametrize("norm", NORMS)
+def test_tiny_gradient_still_gives_full_steps(norm):
+  """A gradient of size ~1e-25 (squares underflow in float32) is still a direction: a linear
+  loss is pushed to the sphere, as it would be at any scale."""
+  x = np.full(SHAPE, 0.5, np.float32)
+  w = jax.random.normal(jax.random.key(0), SHAPE[1:])
+  tiny = lambda xa, ya: 1e-25 * jnp.sum(w[None] * xa, axis=(1, 2, 3))
+  eps = {"linf": 0.1, "l2": 0.5, "l1": 2.0}[norm]
+  x_adv = attacks.pgd(jax.random.key(0), tiny, x, np.zeros(SHAPE[0]), norm=norm, eps=eps,
+                      steps=5, random_start=False)
+  np.testing.assert_allclose(_norm64(np.asarray(x_adv) - x, norm), eps, rtol=1e-3)
+
+
+@pytest.mark.parametrize("norm", NORMS)
 def test_projection_is_exact(norm):
   """The projection onto ball and box satisfies the variational inequality of a projection:
   <v - P(v), z - P(v)> <= 0 for every feasible z (independent of how P is computed)."""

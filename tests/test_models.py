@@ -86,3 +86,12 @@ def test_im2col_conv_equals_xla_conv():
   np.testing.assert_allclose(np.asarray(ya), np.asarray(yb), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-4, atol=1e-7)
   assert not np.allclose(np.asarray(ga), 0)
+
+
+def test_max_pool_2x2_equals_flax_max_pool():
+  x = jax.random.normal(jax.random.key(3), (2, 6, 8, 3))
+  np.testing.assert_array_equal(np.asarray(models.max_pool_2x2(x)),
+                                np.asarray(nnx.max_pool(x, (2, 2), strides=(2, 2))))
+  g = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) ** 2))(x)
+  g_ref = jax.grad(lambda x: jnp.sum(nnx.max_pool(x, (2, 2), strides=(2, 2)) ** 2))(x)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-6)  # no ties here
