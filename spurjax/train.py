@@ -135,12 +135,14 @@ class TrainConfig:
                        f"got {self.adv_loss!r}")
 
   def to_dict(self) -> dict[str, Any]:
+    """Plain JSON-serialisable dict (what `config.json` holds)."""
     d = dataclasses.asdict(self)
     d["image_shape"] = list(self.image_shape)
     return d
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    """Inverse of `to_dict`."""
     return cls(**d)
 
 
