@@ -11,6 +11,7 @@ Modules:
   evalset: the `EvalSet` structure shared by the generator and the real-data loaders.
   reliance: the five background-reliance protocols and `evaluate(key, apply_fn, eval_set)`.
   loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet layouts.
+  attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
 """
 
 __version__ = "0.1.0"
