@@ -6,6 +6,7 @@ and Natural Distributional Robustness" (NeurIPS 2022).
 Modules:
   theory: the exact core/spurious Gaussian linear-regression model (closed forms, minimizers).
   parallel: sharding of vmapped grids over all local devices (and processes).
+  empirical: finite-sample adversarial training of linear models (optax).
   data: the procedural spurious-image dataset (shapes on class-correlated textures), batches
     for training (`sample_batch`) and complete evaluation sets (`make_eval_set`).
   evalset: the `EvalSet` structure shared by the generator and the real-data loaders.
