@@ -48,7 +48,6 @@ import numpy as np
 NORMS = ("l1", "l2", "linf")
 K = math.sqrt(2.0 / math.pi)  # E|N(0, 1)|
 _BISECTION_STEPS = 64  # halves the bracket to 2^-64 of its width: below float64 round-off
-_RHO_CLIP = 1.0 - 1e-12  # |rho| = 1 is degenerate (non-unique minimizers): clip just inside
 
 
 @functools.partial(
@@ -152,6 +151,18 @@ def validate_model(model: CoreSpuriousModel) -> None:
   _check_range("label_noise", model.label_noise, lo=0.0, allowed="finite and >= 0")
 
 
+def _check_nondegenerate(model: CoreSpuriousModel) -> None:
+  """|rho| = 1 without label noise makes x_s an exact copy of y: the minimizer is then a
+  whole segment (not unique), so the solver asks for |rho| < 1 or label_noise > 0."""
+  if model.d_spu == 0 or not (_is_concrete(model.rho) and _is_concrete(model.label_noise)):
+    return
+  rho = np.asarray(model.rho, np.float64)
+  noise = np.asarray(model.label_noise, np.float64)
+  if np.any((np.abs(rho) == 1.0) & (noise == 0.0)):
+    raise ValueError("rho must be in (-1, 1) when label_noise = 0: at |rho| = 1 the spurious "
+                     "features copy the label and the minimizer is not unique")
+
+
 def _check_norm(norm: Any) -> None:
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -180,7 +191,6 @@ def _fields(model: CoreSpuriousModel) -> tuple[jax.Array, ...]:
   s_s = jnp.asarray(model.sigma_spu, dtype)
   # With no spurious features rho is meaningless; 0 keeps the reduced problem regular.
   r = jnp.zeros((), dtype) if model.d_spu == 0 else jnp.asarray(model.rho, dtype)
-  r = jnp.clip(r, -_RHO_CLIP, _RHO_CLIP)
   s_n = jnp.asarray(model.label_noise, dtype)
   return s_c, s_s, r, s_n
 
@@ -356,7 +366,7 @@ def _reduce(model: CoreSpuriousModel) -> _Reduced:
   s_c, s_s, r, s_n = _fields(model)
   v = 1.0 + s_n**2
   g = s_s * r * jnp.sqrt(model.d_spu / v)
-  e = s_s * jnp.sqrt(1.0 - r**2)
+  e = s_s * jnp.sqrt(jnp.maximum(1.0 - r**2, 0.0))
   return _Reduced(
       s_c=s_c, s_n=s_n, g=g, e=e, v=v,
       p11=s_c**2, p12=s_c * g, p22=g * g * v + e * e,
@@ -395,11 +405,15 @@ def _solve(red: _Reduced, u1: jax.Array, u2: jax.Array) -> tuple[jax.Array, jax.
 
   z_LS = (e^2 / (s_c (g^2 s_n^2 + e^2)),  g s_n^2 / (g^2 s_n^2 + e^2)).
   """
+  # den = det = 0 only for |rho| = 1 without label noise, which the public functions reject
+  # for concrete input; the guards keep traced input of that kind finite.
   den = red.g * red.g * red.s_n**2 + red.e * red.e
+  den = jnp.where(den > 0, den, 1.0)
+  det = jnp.where(red.det > 0, red.det, 1.0)
   a_ls = red.e * red.e / (red.s_c * den)
   b_ls = red.g * red.s_n**2 / den
-  a = a_ls - (red.p22 * u1 - red.p12 * u2) / red.det
-  b = b_ls - (red.p11 * u2 - red.p12 * u1) / red.det
+  a = a_ls - (red.p22 * u1 - red.p12 * u2) / det
+  b = b_ls - (red.p11 * u2 - red.p12 * u1) / det
   return a, b
 
 
@@ -489,6 +503,7 @@ def _ridge_point(red: _Reduced, scale: jax.Array,
   ta = red.s_c * red.e * red.e * t + scale * u * red.q1
   tb = red.s_c**2 * red.g * red.s_n**2 * t + scale * u * red.q2
   den = red.det * t * t + scale * u * t * (red.p11 + red.p22) + (scale * u) ** 2
+  den = jnp.where(den > 0, den, 1.0)  # 0 only at u = 0 in the degenerate case (see _solve)
   return t * ta / den, t * tb / den, scale * u * _safe_sqrt(ta * ta + tb * tb) / den
 
 
@@ -568,6 +583,7 @@ def adversarial_minimizer(model: CoreSpuriousModel, eps: Any, norm: str) -> Mini
     A `Minimizer` (w `(d,)`, per-coordinate w_core and w_spu, risk, reduced a and b).
   """
   validate_model(model)
+  _check_nondegenerate(model)
   _check_norm(norm)
   _check_eps(eps)
   dtype = jnp.result_type(float)

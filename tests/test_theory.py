@@ -378,3 +378,43 @@ def test_float32_mode_is_accurate_to_single_precision():
   ref = [c for c in _load_cases() if _model(c) == WORKED and c["norm"] == "l2"
          and c["eps"] == 0.4][0]
   np.testing.assert_allclose(float(sol.risk), ref["risk"], rtol=1e-5)
+
+
+def test_degenerate_rho_one_without_noise_is_rejected():
+  with pytest.raises(ValueError, match="rho"):
+    T.adversarial_minimizer(T.CoreSpuriousModel(4, 3, 1.0, 0.7, 1.0, 0.0), 0.3, "l2")
+  with pytest.raises(ValueError, match="rho"):
+    T.adversarial_minimizer(T.CoreSpuriousModel(4, 3, 1.0, 0.7, -1.0, 0.0), 0.3, "l1")
+
+
+@pytest.mark.parametrize("dims", [(1, 1), (100, 1000)])
+def test_wide_parameter_ranges_optimal_and_finite(dims):
+  """Random models over six orders of magnitude of scales and radii, |rho| up to 1 (with
+  label noise): finite output, and no perturbation of (a, b) lowers the risk."""
+  d_c, d_s = dims
+  rng = np.random.default_rng(d_c + d_s)
+  n = 400
+  eps = 10 ** rng.uniform(-4, 1, n)
+  s_c, s_s = 10 ** rng.uniform(-2, 2, n), 10 ** rng.uniform(-3, 3, n)
+  rho = rng.uniform(-1, 1, n)
+  rho[:20] = 1.0
+  rho[20:40] = -1.0
+  s_n = np.where(rng.uniform(size=n) < 0.5, 0.0, 10 ** rng.uniform(-3, 1, n))
+  s_n[:40] = 10 ** rng.uniform(-3, 0, 40)
+  for norm in T.NORMS:
+    def check(e, c, s, r, sn, key):
+      model = T.CoreSpuriousModel(d_c, d_s, c, s, r, sn)
+      sol = T.adversarial_minimizer(model, e, norm)
+      step = jax.random.normal(key, (32, 2)) * jnp.logspace(-6, -1, 32)[:, None]
+      step = step * (jnp.abs(sol.a) + jnp.abs(sol.b) + 1.0 / c)
+
+      def risk(ab):
+        w = jnp.concatenate([jnp.full(d_c, ab[0] / math.sqrt(d_c)),
+                             jnp.full(d_s, ab[1] / math.sqrt(max(d_s, 1)))])
+        return T.adversarial_risk(model, w, e, norm)
+      others = jax.vmap(risk)(jnp.stack([sol.a, sol.b])[None, :] + step)
+      return sol.w, sol.risk, jnp.min(others) / sol.risk - 1.0
+    w, risk, gain = jax.jit(jax.vmap(check))(eps, s_c, s_s, rho, s_n,
+                                             jax.random.split(jax.random.key(0), n))
+    assert np.all(np.isfinite(np.asarray(w))) and np.all(np.isfinite(np.asarray(risk)))
+    assert np.all(np.asarray(gain) >= -1e-12), (norm, np.min(np.asarray(gain)))
