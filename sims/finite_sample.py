@@ -28,7 +28,7 @@ from sims import _theory_flags as tf
 PRESETS = {
     "default": dict(n_list=["100", "316", "1000", "3162", "10000", "31623", "100000"],
                     seeds=4, steps=2000),
-    "small": dict(n_list=["100", "1000"], seeds=2, steps=200, norms=["l2", "linf"]),
+    "small": dict(n_list=["100", "1000"], seeds=2, steps=200, norms=["l2"]),
 }
 CONFIG_FLAGS = ("norms", "n_list", "eps_list", "seeds", "seed", "steps", "learning_rate",
                 ) + tf.MODEL_FLAGS

@@ -167,7 +167,8 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 def test_rerun_in_same_workdir_replaces_outputs(tmp_path):
   for _ in range(2):
-    proc = _sim("spurious_helps", "--preset=small", f"--workdir={tmp_path}", "--norms=l2")
+    proc = _sim("spurious_helps", "--preset=small", f"--workdir={tmp_path}", "--norms=l2",
+                "--n_eps=5")
     assert proc.returncode == 0, proc.stderr[-2000:]
   assert sorted(os.listdir(tmp_path)) == ["manifest.json", "spurious_helps.csv",
                                          "spurious_helps.png"]
