@@ -6,11 +6,13 @@ and Natural Distributional Robustness" (NeurIPS 2022).
 Modules:
   theory: the exact core/spurious Gaussian linear-regression model (closed forms, minimizers).
   parallel: sharding of vmapped grids over all local devices (and processes).
+  empirical: finite-sample adversarial training of linear models (optax).
   data: the procedural spurious-image dataset (shapes on class-correlated textures), batches
     for training (`sample_batch`) and complete evaluation sets (`make_eval_set`).
   evalset: the `EvalSet` structure shared by the generator and the real-data loaders.
   reliance: the five background-reliance protocols and `evaluate(key, apply_fn, eval_set)`.
   loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet layouts.
+  attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
 """
 
 __version__ = "0.1.0"
