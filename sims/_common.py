@@ -94,11 +94,16 @@ def log_progress(done: int, total: int, what: str) -> None:
   logging.info("%s: %d/%d (%.0f%%)", what, done, total, 100.0 * done / max(total, 1))
 
 
-def define_common_flags(default_workdir: str, presets: Sequence[str]) -> None:
-  """Defines --workdir, --preset, --x64 and the multi-process flags shared by the sims."""
+def define_common_flags(default_workdir: str, presets: Sequence[str], *,
+                        x64_default: bool = True) -> None:
+  """Defines --workdir, --preset, --x64 and the multi-process flags shared by the sims.
+
+  Theory sims default to float64 (the exact solver needs it); image sims pass
+  `x64_default=False`.
+  """
   flags.DEFINE_string("workdir", default_workdir, "Directory for figures, data and manifest.")
   flags.DEFINE_enum("preset", "default", list(presets), "Grid/size preset.")
-  flags.DEFINE_bool("x64", True, "Compute in float64 (the exact theory needs it).")
+  flags.DEFINE_bool("x64", x64_default, "Compute in float64 (the exact theory needs it).")
   flags.DEFINE_string("coordinator_address", None,
                       "host:port of process 0 for a multi-process run (jax.distributed).")
   flags.DEFINE_integer("num_processes", None, "Number of processes (jax.distributed).",
