@@ -140,10 +140,13 @@ def figure(config: dict[str, Any], rows: list[dict[str, Any]]):
                  capsize=3, label=(f"{metric.replace('_acc', '')}, trained {p_name}"
                                    if i == 0 else None))
     ax.set_xticks([i * 5 + 1.4 for i in range(len(norms))])
-    ax.set_xticklabels([f"{_common.NORM_LABELS[n]} eps={radius(config, n):.3g}"
+    ax.set_xticklabels([f"{_common.NORM_LABELS[n]} eps=" + (f"{config['eps_linf']:g}/255"
+                                                           if n == "linf" else
+                                                           f"{radius(config, n):g}")
                         for n in norms])
     ax.set_ylabel("accuracy")
-    ax.set_title(f"test data: {domain} correlation")
+    ax.set_title("test data: correlation preserved (p = p_spur)" if domain == "preserved"
+                 else "test data: correlation removed (p = 1/K)")
     ax.set_ylim(0, 1)
   axes[0].legend(fontsize=7)
   fig.suptitle(f"Claim (iv): adversarial training with (p={config['p_spur']}) and without "
