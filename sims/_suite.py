@@ -105,6 +105,7 @@ def make_batch_fn(settings: Mapping[str, Any], batch_size: int):
 
 
 def model_dir(workdir: str, spec: ModelSpec) -> str:
+  """The training workdir of `spec`: `<workdir>/models/<spec.name>`."""
   return os.path.join(workdir, "models", spec.name)
 
 
@@ -170,8 +171,9 @@ def train_models(config: Mapping[str, Any], workdir: str, specs: Sequence[ModelS
       this step and stop without a final checkpoint, as a killed process would.
 
   Returns:
-    One status dict per spec: name, status ("skipped" = was complete, "trained",
-    "pending", "interrupted"), seconds, steps/s.
+    One status dict per spec: model (name), status ("skipped" = was complete, "trained",
+    "pending", "interrupted"), seconds of training in this call, and for trained models the
+    final logged training loss and accuracy.
   """
   from spurjax import train
   quiet_orbax()

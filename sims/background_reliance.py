@@ -90,7 +90,18 @@ def eval_sets(suite: dict[str, Any], config: dict[str, Any]):
 
 
 def evaluate_model(model, es, uncorrelated, config: dict[str, Any]) -> dict[str, Any]:
-  """All metrics of one model (see the module docstring); floats or None."""
+  """All metrics of one model (see the module docstring).
+
+  Args:
+    model: a trained NNX classifier (train mode; its eval view is used).
+    es: the `EvalSet` of `eval_sets` (images `(N, S, S, 3)` and every protocol part).
+    uncorrelated: `(images (N, S, S, 3), labels (N,))` of the "uncorrelated" domain.
+    config: the evaluation settings (radii, PGD steps, seed, batch size).
+
+  Returns:
+    Flat dict metric -> float or None: everything `spurjax.reliance.evaluate` returns plus
+    `uncorr_acc` and `pgd_acc_l1`, `pgd_acc_l2`, `pgd_acc_linf`.
+  """
   from spurjax import reliance
   from spurjax import train
   apply_fn = _suite.apply_fn_of(model)
@@ -208,7 +219,7 @@ def figure(config: dict[str, Any], rows: list[dict[str, Any]]):
   agg = aggregate(rows)
   archs = sorted({a["arch"] for a in agg})
   styles = ["-", "--", ":"]
-  fig, axes = plt.subplots(3, 4, figsize=(14, 9.5), constrained_layout=True)
+  fig, axes = plt.subplots(3, 4, figsize=(12.5, 8.4), constrained_layout=True)
   for ax, metric in zip(axes.flat, PANELS):
     for ai, arch in enumerate(archs):
       std = [a for a in agg if a["arch"] == arch and a["norm"] == "none"]

@@ -75,6 +75,7 @@ def suite_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def radius(config: dict[str, Any], norm: str) -> float:
+  """Training (= attack) radius of `norm` in pixel units (the l_inf flag is in 1/255)."""
   return config[f"eps_{norm}"] / (255.0 if norm == "linf" else 1.0)
 
 

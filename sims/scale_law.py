@@ -77,6 +77,7 @@ flags.DEFINE_integer("eval_seed", None, "Seed of the test data.", lower_bound=0)
 
 
 def radius(config: dict[str, Any], norm: str) -> float:
+  """Training radius of `norm` in pixel units (0 for "none"; l_inf flag in 1/255)."""
   if norm == "none":
     return 0.0
   return config[f"eps_{norm}"] / (255.0 if norm == "linf" else 1.0)
@@ -93,6 +94,7 @@ def suite_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:
+  """One model per (contrast, norm, seed), tagged `c<contrast>`."""
   return [_suite.ModelSpec("small_cnn", norm, radius(config, norm), seed, tag=f"c{c:g}",
                            data=(("bg_contrast", c),))
           for c in config["contrasts"] for norm in config["norms"] for seed in config["seeds"]]
@@ -150,7 +152,7 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
     for spec in (s for s in specs if dict(s.data)["bg_contrast"] == c):
       model = train.load_model(_suite.model_dir(workdir, spec))
       apply_fn = jax.jit(_suite.apply_fn_of(model))
-      pred = np.concatenate([np.asarray(jnp_argmax(apply_fn(xc[i:i + 250])))
+      pred = np.concatenate([np.asarray(_argmax(apply_fn(xc[i:i + 250])))
                              for i in range(0, len(xc), 250)])
       row = {"model": spec.name, "bg_contrast": c, "norm": spec.norm, "eps": spec.eps,
              "seed": spec.seed,
@@ -175,7 +177,7 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
                                start=start)
 
 
-def jnp_argmax(logits):
+def _argmax(logits):
   import jax.numpy as jnp
   return jnp.argmax(logits, axis=-1)
 
