@@ -146,14 +146,16 @@ def read_suite_file(workdir: str) -> dict[str, Any]:
     return json.load(f)
 
 
+def _keep_record(record) -> bool:
+  import logging as std_logging
+  return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def quiet_orbax() -> None:
   """Drops orbax's INFO lines (several per checkpoint) from the absl log; warnings stay."""
-  import logging as std_logging
-
-  def keep(record) -> bool:
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-  logging.get_absl_handler().addFilter(keep)
+  handler = logging.get_absl_handler()
+  if _keep_record not in handler.filters:
+    handler.addFilter(_keep_record)
 
 
 def train_models(config: Mapping[str, Any], workdir: str, specs: Sequence[ModelSpec], *,

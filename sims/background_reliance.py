@@ -129,6 +129,7 @@ def compute(config: dict[str, Any], workdir: str) -> list[dict[str, Any]]:
   """One row per complete model of the suite in `workdir` (`FIELDS`)."""
   from spurjax import io
   from spurjax import train
+  _suite.quiet_orbax()
   suite = _suite.read_suite_file(workdir)
   listed = _suite.list_models(workdir)
   if not listed:

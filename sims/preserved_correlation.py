@@ -95,6 +95,7 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   from spurjax import data
   from spurjax import train
   start = time.perf_counter()
+  _suite.quiet_orbax()
   shared = suite_config(config)
   specs = specs_of(config)
   _suite.train_models(shared, workdir, specs)
