@@ -1,0 +1,185 @@
+r"""The model suite: standard and l1 / l2 / l_inf adversarially trained CNNs (issue 6).
+
+Trains, on the procedural spurious-image data (`spurjax.data`, "train" domain), one model
+per (architecture, training norm, radius, seed): standard training plus PGD adversarial
+training (Madry et al.) in each norm at each radius. Each model trains in its own
+sub-directory `<workdir>/models/<arch>_<norm>_eps<eps>_seed<seed>/` (config.json,
+metrics.jsonl, orbax checkpoints). Rerunning with the same --workdir skips completed models
+and resumes an unfinished one from its latest checkpoint.
+
+  python -m sims.model_suite [--preset=small|default|paper] [--workdir=results/suite]
+  python -m sims.background_reliance --workdir=<same>      # the evaluation and report
+
+Radii are in [0, 1] pixel space of 32x32x3 images (d = 3072): l_inf {2, 4, 8}/255 (the
+CIFAR-10 convention; 8/255 is the usual strong radius), l2 {0.25, 0.5, 1.0} (0.5 is the
+CIFAR-10 convention; an l_inf ball of 4/255 contains l2 perturbations up to
+4/255 * sqrt(3072) = 0.87), l1 {5, 10, 20} (Croce & Hein's CIFAR-10 l1 radius is 12; the
+l1 ball of radius 10 reaches a single pixel channel fully but l_inf-type perturbations only
+at 10/3072 = 0.8/255 per entry). Flags --eps_l1/--eps_l2 give radii directly, --eps_linf in
+units of 1/255.
+
+Outputs: suite.json (shared settings), models/*, suite_status.json (per-model status and
+wall time of the last run). Progress: one log line per model and one for the suite.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from sims import _common
+from sims import _suite
+
+_DEFAULT = dict(
+    archs=["small_cnn"], norms=["l1", "l2", "linf"], eps_l1=[5.0, 10.0, 20.0],
+    eps_l2=[0.25, 0.5, 1.0], eps_linf=[2.0, 4.0, 8.0], seeds=[0, 1], standard=True,
+    image_size=32, num_classes=10, p=0.7, bg_contrast=0.3, fg_scale=1.5, marker=False,
+    marker_p=0.9, width=16, steps=300, batch_size=64, optimizer="sgd", lr=0.05, adv_steps=4,
+    checkpoint_every=100)
+PRESETS = {
+    "default": _DEFAULT,
+    # CI: three tiny models on 16x16 images.
+    "small": dict(_DEFAULT, norms=["l2", "linf"], eps_l1=[10.0], eps_l2=[0.5],
+                  eps_linf=[8.0], seeds=[0], image_size=16, num_classes=4, width=8, steps=30,
+                  batch_size=32, adv_steps=2, checkpoint_every=10),
+    # The published study's size: two architectures x (standard + 3 norms x 3 radii), GPU.
+    "paper": dict(_DEFAULT, archs=["small_cnn", "resnet18"], seeds=[0], width=0,
+                  steps=5000, batch_size=128, lr=0.1, adv_steps=7, checkpoint_every=500),
+}
+CONFIG_FLAGS = tuple(_DEFAULT)
+
+FLAGS = flags.FLAGS
+_common.define_common_flags("results/suite", PRESETS, x64_default=False)
+flags.DEFINE_list("archs", None, "Architectures (small_cnn, resnet18).")
+flags.DEFINE_list("norms", None, "Adversarial training norms (l1, l2, linf).")
+flags.DEFINE_list("eps_l1", None, "l1 training radii.")
+flags.DEFINE_list("eps_l2", None, "l2 training radii.")
+flags.DEFINE_list("eps_linf", None, "l_inf training radii in units of 1/255.")
+flags.DEFINE_list("seeds", None, "Seeds (one model per seed and setting).")
+flags.DEFINE_bool("standard", None, "Also train the standard (non-adversarial) models.")
+flags.DEFINE_integer("image_size", None, "Image side S (multiple of 8).", lower_bound=8)
+flags.DEFINE_integer("num_classes", None, "Number of shape classes K.", lower_bound=2)
+flags.DEFINE_float("p", None, "P(background style = class) in training.", lower_bound=0,
+                   upper_bound=1)
+flags.DEFINE_float("bg_contrast", None, "Background texture contrast.", lower_bound=0,
+                   upper_bound=1)
+flags.DEFINE_float("fg_scale", None, "Object size multiplier.", lower_bound=0.25,
+                   upper_bound=2.0)
+flags.DEFINE_bool("marker", None, "Draw the class-correlated marker cue.")
+flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
+                   upper_bound=1)
+flags.DEFINE_integer("width", None, "Base channel width (0: the architecture's default).",
+                     lower_bound=0)
+flags.DEFINE_integer("steps", None, "Optimizer steps per model.", lower_bound=1)
+flags.DEFINE_integer("batch_size", None, "Batch size.", lower_bound=1)
+flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimizer.")
+flags.DEFINE_float("lr", None, "Peak learning rate (cosine schedule).", lower_bound=0)
+flags.DEFINE_integer("adv_steps", None, "PGD steps inside adversarial training.",
+                     lower_bound=1)
+flags.DEFINE_integer("checkpoint_every", None, "Checkpoint interval in steps.", lower_bound=1)
+flags.DEFINE_integer("max_models", None, "Train at most this many models in this run (the "
+                     "rest on a rerun).", lower_bound=0)
+flags.DEFINE_integer("kill_after_steps", None, "Testing aid: after --max_models models, "
+                     "train the next one to this step and stop as if killed.", lower_bound=1)
+
+
+def _floats(name: str, values) -> list[float]:
+  try:
+    out = [float(v) for v in values]
+  except (TypeError, ValueError) as e:
+    raise flags.ValidationError(f"--{name}: not a list of numbers: {values}") from e
+  _common.check(all(v > 0 for v in out), f"--{name}: radii must be > 0, got {out}")
+  return out
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+  """Checks and normalizes a resolved config; raises `flags.ValidationError` on bad values."""
+  from spurjax import data as data_lib
+  from spurjax import models
+  config = dict(config)
+  config["archs"] = list(config["archs"])
+  for a in config["archs"]:
+    _common.check(a in models.ARCHS, f"--archs: unknown architecture {a!r}; "
+                  f"known: {sorted(models.ARCHS)}")
+  config["norms"] = list(config["norms"])
+  for n in config["norms"]:
+    _common.check(n in _suite.NORMS, f"--norms: unknown norm {n!r}; known: {_suite.NORMS}")
+  for n in _suite.NORMS:
+    config[f"eps_{n}"] = _floats(f"eps_{n}", config[f"eps_{n}"])
+  try:
+    config["seeds"] = [int(s) for s in config["seeds"]]
+  except (TypeError, ValueError) as e:
+    raise flags.ValidationError(f"--seeds: not a list of ints: {config['seeds']}") from e
+  _common.check(bool(config["seeds"]) and all(s >= 0 for s in config["seeds"]),
+                f"--seeds: need at least one seed >= 0, got {config['seeds']}")
+  _common.check(bool(config["archs"]), "--archs: empty")
+  _common.check(config["image_size"] % 8 == 0,
+                f"--image_size: must be a multiple of 8, got {config['image_size']}")
+  _common.check(config["num_classes"] <= len(data_lib.SHAPES),
+                f"--num_classes: at most {len(data_lib.SHAPES)} shapes, got "
+                f"{config['num_classes']}")
+  _common.check(config["lr"] > 0, f"--lr: must be > 0, got {config['lr']}")
+  _common.check(bool(config["norms"]) or config["standard"],
+                "--norms is empty and --nostandard: no models to train")
+  return config
+
+
+def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:
+  """The suite's models in training order: per arch and seed, standard then each norm's radii."""
+  out = []
+  for arch in config["archs"]:
+    for seed in config["seeds"]:
+      if config["standard"]:
+        out.append(_suite.ModelSpec(arch, "none", 0.0, seed))
+      for norm in config["norms"]:
+        scale = 1.0 / 255.0 if norm == "linf" else 1.0
+        for eps in config[f"eps_{norm}"]:
+          out.append(_suite.ModelSpec(arch, norm, eps * scale, seed))
+  return out
+
+
+def run(config: dict[str, Any], workdir: str, *, max_models: int | None = None,
+        kill_after_steps: int | None = None) -> list[dict[str, Any]]:
+  """Trains (or finishes) the suite in `workdir`; returns the per-model status rows."""
+  from spurjax import io
+  import os
+  start = time.perf_counter()
+  specs = specs_of(config)
+  status = _suite.train_models(config, workdir, specs, max_models=max_models,
+                               kill_after_steps=kill_after_steps)
+  wall = time.perf_counter() - start
+  complete = sum(1 for r in status if r["status"] in ("skipped", "trained"))
+  io.write_json(os.path.join(workdir, "suite_status.json"),
+                {"config": config, "wall_time_s": round(wall, 2), "models": status,
+                 "complete": complete, "total": len(specs),
+                 "versions": _common.versions()})
+  logging.info("suite: %d/%d models complete; this run took %.1fs", complete, len(specs),
+               wall)
+  return status
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = validate(_common.resolve_config(PRESETS, CONFIG_FLAGS))
+    _common.check(FLAGS.kill_after_steps is None or FLAGS.max_models is not None,
+                  "--kill_after_steps needs --max_models")
+  except flags.ValidationError as e:
+    raise app.UsageError(str(e)) from e
+  _common.start_runtime()
+  try:
+    run(config, FLAGS.workdir, max_models=FLAGS.max_models,
+        kill_after_steps=FLAGS.kill_after_steps)
+  except ValueError as e:
+    if str(e).startswith("--workdir"):
+      raise app.UsageError(str(e)) from e
+    raise
+
+
+if __name__ == "__main__":
+  app.run(main)
