@@ -347,8 +347,11 @@ def train(config: TrainConfig, workdir: str, batch_fn: BatchFn, *,
     state = _restore(mngr, state, start, sharding=repl)
     # Drop metric lines a killed run wrote after its last checkpoint: they are redone.
     kept = [r for r in io.read_jsonl(metrics_path) if r["step"] <= start]
-    with io.atomic_write(metrics_path) as f:
-      f.write("".join(json.dumps(r) + "\n" for r in kept))
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    current = open(metrics_path).read() if os.path.exists(metrics_path) else None
+    if text != current:  # leave an intact file (and its mtime) alone, e.g. a finished run
+      with io.atomic_write(metrics_path) as f:
+        f.write(text)
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
 

@@ -141,8 +141,11 @@ def test_resume_gives_identical_parameters(tmp_path):
   assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
   # Finished: a rerun does no step and returns the same model.
   calls.clear()
+  metrics = os.path.join(part, "metrics.jsonl")
+  before = (os.stat(metrics).st_mtime_ns, open(metrics).read())
   again = train.train(cfg, part, recording_batch_fn)
   assert calls == [] and again.step == 10
+  assert (os.stat(metrics).st_mtime_ns, open(metrics).read()) == before  # left untouched
   with pytest.raises(ValueError, match="^config:"):
     train.train(config(steps=11), part, batch_fn)
 
