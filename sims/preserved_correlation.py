@@ -41,42 +41,24 @@ FIELDS = ("model", "norm", "eps", "seed", "train_p", "clean_acc_preserved",
 
 FLAGS = flags.FLAGS
 _common.define_common_flags("results/preserved", PRESETS, x64_default=False)
-flags.DEFINE_list("norms", None, "Training norms (l1, l2, linf).")
-flags.DEFINE_float("eps_l1", None, "l1 training = attack radius.", lower_bound=0)
-flags.DEFINE_float("eps_l2", None, "l2 training = attack radius.", lower_bound=0)
-flags.DEFINE_float("eps_linf", None, "l_inf training = attack radius, units of 1/255.",
-                   lower_bound=0)
-flags.DEFINE_list("seeds", None, "Seeds.")
+flags.DEFINE_list("norms", None, "Training norms (l1, l2, linf); training = attack radius.")
 flags.DEFINE_float("p_spur", None, "P(background = class) with the correlation.",
                    lower_bound=0, upper_bound=1)
-flags.DEFINE_integer("image_size", None, "Image side (multiple of 8).", lower_bound=8)
 flags.DEFINE_integer("num_classes", None, "Classes K (the uncorrelated p is 1/K).",
                      lower_bound=2, upper_bound=12)
 flags.DEFINE_float("bg_contrast", None, "Background contrast.", lower_bound=0, upper_bound=1)
-flags.DEFINE_float("fg_scale", None, "Object size.", lower_bound=0.25, upper_bound=2)
-flags.DEFINE_integer("width", None, "SmallCNN width.", lower_bound=1)
-flags.DEFINE_integer("steps", None, "Training steps.", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Batch size.", lower_bound=1)
-flags.DEFINE_float("lr", None, "Peak SGD learning rate.", lower_bound=0)
-flags.DEFINE_integer("adv_steps", None, "PGD steps in training.", lower_bound=1)
-flags.DEFINE_integer("n_eval", None, "Test images per domain.", lower_bound=8)
 flags.DEFINE_integer("pgd_steps", None, "PGD steps of the evaluation.", lower_bound=1)
-flags.DEFINE_integer("eval_seed", None, "Seed of the test data and PGD.", lower_bound=0)
+_suite.define_experiment_flags()
 
 
 def suite_config(config: dict[str, Any]) -> dict[str, Any]:
   """The shared settings `sims._suite` needs."""
-  return dict(image_size=config["image_size"], num_classes=config["num_classes"],
-              p=config["p_spur"], bg_contrast=config["bg_contrast"],
-              fg_scale=config["fg_scale"], marker=False, marker_p=0.9,
-              width=config["width"], steps=config["steps"], batch_size=config["batch_size"],
-              optimizer="sgd", lr=config["lr"], adv_steps=config["adv_steps"],
-              checkpoint_every=config["steps"])
+  return _suite.experiment_settings(config, p=config["p_spur"],
+                                    bg_contrast=config["bg_contrast"], marker=False,
+                                    marker_p=0.9)
 
 
-def radius(config: dict[str, Any], norm: str) -> float:
-  """Training (= attack) radius of `norm` in pixel units (the l_inf flag is in 1/255)."""
-  return config[f"eps_{norm}"] / (255.0 if norm == "linf" else 1.0)
+radius = _suite.radius
 
 
 def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:

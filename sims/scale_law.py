@@ -37,9 +37,9 @@ from sims import _common
 from sims import _suite
 
 _DEFAULT = dict(contrasts=[0.05, 0.2, 0.6, 1.0], norms=["none", "l2", "linf"], eps_l2=1.0,
-                eps_linf=8.0, seeds=[0], p=0.6, marker_p=0.9, image_size=16, num_classes=10,
-                fg_scale=1.5, width=16, steps=300, batch_size=64, lr=0.05, adv_steps=4,
-                n_eval=500, eval_seed=1234)
+                eps_linf=8.0, eps_l1=10.0, seeds=[0], p=0.6, marker_p=0.9, image_size=16,
+                num_classes=10, fg_scale=1.5, width=16, steps=300, batch_size=64, lr=0.05,
+                adv_steps=4, n_eval=500, eval_seed=1234)
 PRESETS = {"default": _DEFAULT,
            "small": dict(_DEFAULT, contrasts=[0.1, 0.6], norms=["none", "linf"],
                          num_classes=4, width=8, steps=30, batch_size=32, adv_steps=2,
@@ -55,42 +55,20 @@ FLAGS = flags.FLAGS
 _common.define_common_flags("results/scale_law", PRESETS, x64_default=False)
 flags.DEFINE_list("contrasts", None, "Background contrasts to sweep, in [0, 1].")
 flags.DEFINE_list("norms", None, "Training norms: none, l2, linf (l1 also accepted).")
-flags.DEFINE_float("eps_l2", None, "l2 training radius.", lower_bound=0)
-flags.DEFINE_float("eps_linf", None, "l_inf training radius in units of 1/255.",
-                   lower_bound=0)
-flags.DEFINE_float("eps_l1", 10.0, "l1 training radius.", lower_bound=0)
-flags.DEFINE_list("seeds", None, "Seeds.")
 flags.DEFINE_float("p", None, "P(background = class) in training.", lower_bound=0,
                    upper_bound=1)
 flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
                    upper_bound=1)
-flags.DEFINE_integer("image_size", None, "Image side (multiple of 8).", lower_bound=8)
 flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=3, upper_bound=12)
-flags.DEFINE_float("fg_scale", None, "Object size.", lower_bound=0.25, upper_bound=2)
-flags.DEFINE_integer("width", None, "SmallCNN width.", lower_bound=1)
-flags.DEFINE_integer("steps", None, "Training steps.", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Batch size.", lower_bound=1)
-flags.DEFINE_float("lr", None, "Peak SGD learning rate.", lower_bound=0)
-flags.DEFINE_integer("adv_steps", None, "PGD steps in training.", lower_bound=1)
-flags.DEFINE_integer("n_eval", None, "Conflict test images.", lower_bound=8)
-flags.DEFINE_integer("eval_seed", None, "Seed of the test data.", lower_bound=0)
+_suite.define_experiment_flags()
 
-
-def radius(config: dict[str, Any], norm: str) -> float:
-  """Training radius of `norm` in pixel units (0 for "none"; l_inf flag in 1/255)."""
-  if norm == "none":
-    return 0.0
-  return config[f"eps_{norm}"] / (255.0 if norm == "linf" else 1.0)
+radius = _suite.radius
 
 
 def suite_config(config: dict[str, Any]) -> dict[str, Any]:
   """Shared settings for `sims._suite` (bg_contrast is set per model)."""
-  return dict(image_size=config["image_size"], num_classes=config["num_classes"],
-              p=config["p"], bg_contrast=config["contrasts"][0], fg_scale=config["fg_scale"],
-              marker=True, marker_p=config["marker_p"], width=config["width"],
-              steps=config["steps"], batch_size=config["batch_size"], optimizer="sgd",
-              lr=config["lr"], adv_steps=config["adv_steps"],
-              checkpoint_every=config["steps"])
+  return _suite.experiment_settings(config, p=config["p"], bg_contrast=config["contrasts"][0],
+                                    marker=True, marker_p=config["marker_p"])
 
 
 def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:
