@@ -96,7 +96,8 @@ _DRAW = 128  # One procedural draw size (and K = 10) for every tree: one compila
 def _draw(key: jax.Array, image_size: int, variants: bool = False) -> evalset_lib.EvalSet:
   if not isinstance(image_size, int) or image_size < 8:
     raise ValueError(f"image_size: must be an int >= 8, got {image_size!r}")
-  config = data.DataConfig(image_size=image_size, num_classes=10, p=0.9)
+  # Low-contrast textures: the flat-colour objects stay detectable from the pixels alone.
+  config = data.DataConfig(image_size=image_size, num_classes=10, p=0.9, bg_contrast=0.1)
   return data.make_eval_set(key, config, _DRAW, n_groups=_DRAW, n_shifted=0,
                             variants=variants)
 
@@ -117,6 +118,12 @@ def _per_class(key: jax.Array, image_size: int, num_classes: int, per_class: int
                    f"(at most about {_DRAW // 20} per class)")
 
 
+def _colour(es: evalset_lib.EvalSet, i: int) -> list[float]:
+  """The flat RGB colour of image i's object (the procedural objects are one colour)."""
+  m = np.asarray(es.masks[i]) > 0.5
+  return np.asarray(es.images[i])[m].mean(0).tolist() if m.any() else [-1.0] * 3
+
+
 def _wnids() -> list[str]:
   return loaders.imagenet_wnids()
 
@@ -135,10 +142,11 @@ def write_imagenet9(root: str, key: jax.Array, *, per_class: int = 2,
       y = int(es.labels[i])
       stem = f"n{rng.integers(10**7, 10**8)}_{i}"
       true_class = int(rng.choice(np.flatnonzero(table[y])))
+      colour = _colour(es, i)
       for v in evalset_lib.IN9_VARIANTS:
         rel = os.path.join(v, "val", IN9_FOLDERS[y], stem + ".JPEG")
         _save(os.path.join(tmp, rel), es.variants[v].images[i], "JPEG", quality=95)
-        files[rel] = {"label": y, "imagenet": true_class}
+        files[rel] = {"label": y, "imagenet": true_class, "colour": colour}
       path = os.path.join(tmp, "fg_mask", "val", IN9_FOLDERS[y], stem + ".npy")
       os.makedirs(os.path.dirname(path), exist_ok=True)
       np.save(path, np.asarray(es.masks[i]).astype(np.uint8))
@@ -177,7 +185,8 @@ def write_rival10(root: str, key: jax.Array, *, per_class: int = 2, image_size: 
                   splits: tuple[str, ...] = ("test",)) -> dict[str, Any]:
   """RIVAL10 tree (`root` is the `RIVAL10` folder): 10 classes x `per_class` images per
   split, each labelled by a real wnid of its class, with the three sibling files, a soft JPEG
-  entire-object mask of the image's size, and every third image grayscale."""
+  entire-object mask of the image's size (soft
+  at the edges after resizing and JPEG), and every third image grayscale."""
   w2c, to_index, _ = loaders.rival10_tables()
   index = {w: i for i, w in enumerate(_wnids())}
   by_class: dict[int, list[str]] = {}
@@ -206,8 +215,9 @@ def write_rival10(root: str, key: jax.Array, *, per_class: int = 2, image_size: 
         with open(os.path.join(img_dir, stem + "_attr_dict.pkl"), "wb") as f:
           pickle.dump({"attr": rng.integers(0, 2, 18).tolist()}, f)
         _save(os.path.join(tmp, split, "entire_object_masks", stem + ".JPEG"),
-              es.soft_masks[i], "JPEG", size=size, quality=90)
-        files[rel] = {"label": y, "imagenet": index[wnid], "grayscale": gray}
+              es.masks[i], "JPEG", size=size, quality=90)
+        files[rel] = {"label": y, "imagenet": index[wnid], "grayscale": gray,
+                      "colour": _colour(es, i)}
   return {"files": files}
 
 
@@ -216,11 +226,11 @@ def _crop_frame_source(img224: np.ndarray, rng: np.random.Generator) -> np.ndarr
   """An image of random size and aspect whose resize-256/center-crop-224 view is `img224`:
   `img224` is padded (edge values) to a 256-short-side frame, which is then resized."""
   wide = int(rng.integers(256, 384))
-  top, left = 16, int(round((wide - 224) / 2.0))
-  frame = np.pad(img224, ((top, 256 - 224 - top), (left, wide - 224 - left), (0, 0)),
-                 mode="edge")
-  if rng.random() < 0.5:
-    frame = frame.transpose(1, 0, 2)   # Portrait as often as landscape.
+  long_pad = (int(round((wide - 224) / 2.0)), wide - 224 - int(round((wide - 224) / 2.0)))
+  short_pad = (16, 16)
+  portrait = rng.random() < 0.5   # Portrait as often as landscape.
+  frame = np.pad(img224, (long_pad if portrait else short_pad,
+                          short_pad if portrait else long_pad, (0, 0)), mode="edge")
   short = int(rng.integers(120, 300))
   h, w = frame.shape[:2]
   out = (short, int(round(short * w / h))) if h <= w else (int(round(short * h / w)), short)
@@ -268,8 +278,7 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
         rel = os.path.join("train", wnid, name + ".JPEG")
         _save(os.path.join(itmp, rel), src, "JPEG", quality=95)
         m = np.asarray(es.masks[i], np.float32)
-        colour = np.asarray(es.images[i])[m > 0.5].mean(0) if m.sum() else np.zeros(3)
-        soft = up(np.asarray(es.soft_masks[i]))
+        soft = up(m)   # Bilinear upsampling and JPEG make the object mask soft at its edge.
         half = soft * (np.arange(mask_size)[:, None] < mask_size // 2)   # Top of the object.
         bg = np.clip(1.0 - up(m, Image.NEAREST) - 0.0, 0, 1) * 0.8
         patch = np.zeros_like(soft)
@@ -277,7 +286,7 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
         for k, mask in ((0, soft), (1, bg), (2, half), (3, patch)):
           _save(os.path.join(mtmp, wnid, f"feature_{k}", name + ".JPEG"), mask, "JPEG",
                 quality=95)
-        files[rel] = {"label": c, "imagenet": c, "colour": colour.tolist()}
+        files[rel] = {"label": c, "imagenet": c, "colour": _colour(es, i)}
       with open(os.path.join(mtmp, wnid, "image_names_map.csv"), "w") as f:
         f.write("0,1,2,3\n" + "".join(f"{n},{n},{n},{n}\n" for n in names))
       for k, spurious in ((0, 0), (1, 4), (2, 2), (3, 3)):
