@@ -211,7 +211,7 @@ def write_rival10(root: str, key: jax.Array, *, per_class: int = 2, image_size: 
         _save(os.path.join(img_dir, stem + "_merged_mask.JPEG"), es.masks[i], "JPEG",
               size=size, quality=90)
         np.save(os.path.join(img_dir, stem + "_attr_labels.npy"),
-                rng.integers(0, 2, 18).astype(np.float32))
+                rng.integers(0, 2, (2, 18)).astype(np.float32))   # attrs, changed attrs
         with open(os.path.join(img_dir, stem + "_attr_dict.pkl"), "wb") as f:
           pickle.dump({"attr": rng.integers(0, 2, 18).tolist()}, f)
         _save(os.path.join(tmp, split, "entire_object_masks", stem + ".JPEG"),

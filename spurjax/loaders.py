@@ -632,7 +632,10 @@ def load_rival10(root: str, *, split: str = "test", model_classes: str = "rival1
   Images are the files of `<split>/ordinary/` with an image extension whose name does not
   contain "merged_mask"; grayscale images become RGB. `masks` `(N, size, size)` in [0, 1]
   are the entire-object masks (same file name), resized like the images and kept soft as in
-  the official noise protocol (`mask_mode="binary"` thresholds at 0.5 before resizing). With
+  the official noise protocol (`mask_mode="binary"` thresholds at 0.5 before resizing).
+  Under the default "squash" image and mask are each resized to (size, size), as the
+  official reader does, so a mask may be stored at another size; any other `preprocess`
+  requires masks of their image's size. With
   `model_classes="imagenet1k"` the set carries a `ClassMap` (mode max): RIVAL10 class score
   = max over the logits of its two ImageNet classes (index = sorted wnid position).
 
@@ -673,10 +676,14 @@ def load_rival10(root: str, *, split: str = "test", model_classes: str = "rival1
       raise ValueError(f"{p}: class {w2c[wnid]!r} (wnid {wnid}) not in label_mappings.json")
     labels.append(to_index[w2c[wnid]])
     mask_paths.append(_require_file(os.path.join(mask_dir, fname), "RIVAL10 mask"))
-  for p, mp, hw, mhw in zip(paths, mask_paths, _sizes(paths, ctx.workers),
-                            _sizes(mask_paths, ctx.workers)):
-    if hw != mhw:
-      raise ValueError(f"mask {mp} has size {mhw} (H, W) but its image {p} has size {hw}")
+  mask_sizes = _sizes(mask_paths, ctx.workers)   # Header check: unreadable masks fail now.
+  if preprocess != "squash":
+    # The official reader resizes image and mask to (224, 224) each, so under "squash" any
+    # mask size covering the image's frame aligns; a crop needs the image's own size.
+    for p, mp, hw, mhw in zip(paths, mask_paths, _sizes(paths, ctx.workers), mask_sizes):
+      if hw != mhw:
+        raise ValueError(f"mask {mp} has size {mhw} (H, W) but its image {p} has size {hw}; "
+                         f"preprocess={preprocess!r} needs equal sizes")
   class_map = None
   if model_classes == "imagenet1k":
     index = {w: i for i, w in enumerate(sorted(w2c))}

@@ -316,6 +316,11 @@ def test_bad_trees_raise_value_errors_naming_the_path(trees, tmp_path):
   m = os.path.join(rdir, sorted(os.listdir(rdir))[2])
   Image.new("L", (7, 9)).save(m, format="JPEG")
   with pytest.raises(ValueError, match=m):
+    loaders.load_rival10(riv, size=S, preprocess="resize_crop")
+  assert len(loaders.load_rival10(riv, size=S)) == 20   # official: both resized to (S, S)
+  with open(m, "wb") as f:
+    f.write(b"\xff\xd8 truncated")
+  with pytest.raises(ValueError, match=f"unreadable image: {m}"):
     loaders.load_rival10(riv, size=S)
   # A RIVAL10 image whose wnid is not one of the 20 classes.
   odir = os.path.join(riv, "test", "ordinary")
