@@ -11,8 +11,7 @@ commands) run anywhere:
 - RIVAL10: `{train,test}/ordinary/<wnid>_<wnid>_<n>.JPEG` with the sibling files
   `_merged_mask.JPEG`, `_attr_labels.npy` and `_attr_dict.pkl` beside each image, soft
   JPEG entire-object masks, and every third image grayscale; wnids are real RIVAL10 wnids.
-- Salient ImageNet: `wordnet_dict.py` (a dict literal after a statement that raises if the
-  file is ever executed), `<wnid>/image_names_map.csv`, 224 x 224 soft masks
+- Salient ImageNet: `wordnet_dict.py` (a bare dict literal), `<wnid>/image_names_map.csv`, 224 x 224 soft masks
   `<wnid>/feature_<k>/<image>.JPEG` drawn in the resize-256/center-crop-224 frame of
   ImageNet-train-style images of assorted sizes and aspect ratios, core features on the
   object and spurious ones on the background, and `discover_spurious_features.csv` with five
@@ -264,9 +263,8 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
       raise ValueError(f"{d} already exists; fixture trees are written fresh")
   with _AtomicTree(mask_root) as mtmp, _AtomicTree(imagenet_root) as itmp:
     with open(os.path.join(mtmp, "wordnet_dict.py"), "w") as f:
-      f.write("raise RuntimeError('wordnet_dict.py is data: it must never be executed')\n")
-      f.write("wordnet_dict = {\n" + "".join(f"  {c}: '{wnids[c]}',\n" for c in classes) +
-              "}\n")
+      # A bare dict literal, as published (the official code eval()s it; we parse it).
+      f.write("{\n" + "".join(f"  {c}: '{wnids[c]}',\n" for c in classes) + "}\n")
     for c_pos, c in enumerate(classes):
       wnid = wnids[c]
       names = []

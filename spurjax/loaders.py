@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+from concurrent.futures import ThreadPoolExecutor
 import csv
 import dataclasses
 import json
@@ -144,15 +145,15 @@ class DecodeCache:
         self.used += value.nbytes
 
 
-_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+def _pool(workers: int) -> ThreadPoolExecutor:
   with _POOLS_LOCK:
     if workers not in _POOLS:
-      _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
-          max_workers=workers, thread_name_prefix="spurjax-decode")
+      _POOLS[workers] = ThreadPoolExecutor(max_workers=workers,
+                                           thread_name_prefix="spurjax-decode")
     return _POOLS[workers]
 
 

@@ -5,6 +5,7 @@ ground truth (label and true ImageNet class of every file) is written by the fix
 independently of the loaders, and every check compares the loaders' output with it.
 """
 
+import builtins
 import csv
 import json
 import os
@@ -192,9 +193,12 @@ def test_salient_core_features_alignment_and_zoom(trees):
   paths, truth = trees
   files = truth["salient"]["files"]
   args = (paths["salient_masks"], paths["imagenet"])
-  # wordnet_dict.py starts with a `raise`: loading at all shows it was parsed, not executed.
+  # wordnet_dict.py is parsed, never executed: loading works with eval and exec disabled.
   # At the native 224 (the masks' own resolution), where a 1-px shift would show.
-  e = loaders.load_salient_imagenet(*args, annotations=paths["salient_annotations"])
+  with pytest.MonkeyPatch.context() as mp:
+    for name in ("eval", "exec"):
+      mp.setattr(builtins, name, lambda *a, **k: pytest.fail("executed wordnet_dict.py"))
+    e = loaders.load_salient_imagenet(*args, annotations=paths["salient_annotations"])
   rels = [_rel(p, paths["imagenet"]) for p in e.images.items]
   assert sorted(rels) == sorted(files) and e.num_classes == 1000
   np.testing.assert_array_equal(e.labels, [files[r]["label"] for r in rels])
