@@ -52,6 +52,7 @@ import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import threading
@@ -146,6 +147,7 @@ class DecodeCache:
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_ARRAY_IDS = itertools.count()  # Cache keys: unique per LazyArray (id() may be reused).
 _POOLS_LOCK = threading.Lock()
 
 
@@ -187,13 +189,14 @@ class LazyArray:
     self.workers = _workers(num_workers)
     self.prefetch = prefetch
     self._pending: dict[int, concurrent.futures.Future] = {}
+    self._uid = next(_ARRAY_IDS)
     self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return self.shape[0]
 
   def _decode(self, i: int) -> np.ndarray:
-    key = (id(self), i)
+    key = (self._uid, i)
     hit = self.cache.get(key)
     if hit is not None:
       return hit
