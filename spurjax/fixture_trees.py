@@ -278,7 +278,7 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
         m = np.asarray(es.masks[i], np.float32)
         soft = up(m)   # Bilinear upsampling and JPEG make the object mask soft at its edge.
         half = soft * (np.arange(mask_size)[:, None] < mask_size // 2)   # Top of the object.
-        bg = np.clip(1.0 - up(m, Image.NEAREST) - 0.0, 0, 1) * 0.8
+        bg = (1.0 - up(m, Image.NEAREST)) * 0.8                     # The background.
         patch = np.zeros_like(soft)
         patch[:mask_size // 6, :mask_size // 6] = 1.0
         for k, mask in ((0, soft), (1, bg), (2, half), (3, patch)):
@@ -288,7 +288,8 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
       with open(os.path.join(mtmp, wnid, "image_names_map.csv"), "w") as f:
         f.write("0,1,2,3\n" + "".join(f"{n},{n},{n},{n}\n" for n in names))
       for k, spurious in ((0, 0), (1, 4), (2, 2), (3, 3)):
-        votes = ["background"] * spurious + ["main_object"] * (5 - spurious)
+        votes = (["separate_object", "background"] * 3)[:spurious] + ["main_object"] * (
+            5 - spurious)
         for v in rng.permutation(votes):
           answers.append({"HITId": f"h{len(answers)}", "WorkerId": f"w{rng.integers(1e6)}",
                           "Input.wordnet_id": wnid, "Input.class_index": c,
