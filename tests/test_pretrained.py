@@ -380,3 +380,26 @@ def test_full_size_nets_match_torch(arch, tmp_path):
     print(f"{arch} {size}px: max|diff|/max|logit| = {err:.2e} (max|logit| "
           f"{np.abs(ref).max():.2f})")
     assert err <= TOL, (arch, size, err)
+
+
+def test_convert_folder_skips_done_files_and_reports_errors(tmp_path):
+  src, dst = tmp_path / "src", tmp_path / "dst"
+  src.mkdir()
+  import shutil
+  shutil.copy(_fixture("resnet18", "dummy", "legacy"), src / "resnet18_l2_eps3.ckpt")
+  (src / "broken.pth.tar").write_bytes(b"\x80\x02garbage")
+  (src / "notes.txt").write_text("not a checkpoint name: ignored")
+  seen = []
+  rows = pretrained.convert_folder(src, dst, progress=lambda i, n, r: seen.append((i, n)))
+  assert seen == [(1, 2), (2, 2)]
+  status = {r["source"]: r["status"] for r in rows}
+  assert status == {"broken.pth.tar": "error", "resnet18_l2_eps3.ckpt": "converted"}
+  assert str(src / "broken.pth.tar") in rows[0]["error"]
+  assert sorted(os.listdir(dst)) == ["resnet18_l2_eps3.safetensors"]
+  model = pretrained.load(dst / "resnet18_l2_eps3.safetensors")
+  x = mtf.fixture_images(97)
+  assert _rel_err(model(x), LOGITS["resnet18_dummy_97"]) <= TOL
+  mtime = os.path.getmtime(dst / "resnet18_l2_eps3.safetensors")
+  again = pretrained.convert_folder(src, dst)
+  assert [r["status"] for r in again] == ["error", "skipped"]
+  assert os.path.getmtime(dst / "resnet18_l2_eps3.safetensors") == mtime
