@@ -13,6 +13,8 @@ Modules:
   reliance: the five background-reliance protocols and `evaluate(key, apply_fn, eval_set)`.
   loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet layouts.
   attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
+  imagenet_models, pretrained, probe: torchvision-exact ImageNet ResNets, safe import of
+    PyTorch checkpoints (robustness library, RobustBench, torchvision), linear probes.
 """
 
 __version__ = "0.1.0"
