@@ -39,22 +39,24 @@ _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "JAX only.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/pretrained_bench", "Scratch folder.")
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 from spurjax import pretrained
 path, warm = sys.argv[1], sys.argv[2]
 pretrained.load(warm)   # initialises jax and flax
-def rss_kb():
+def status_mb(field):
+  # VmHWM (peak RSS) is reset by exec; getrusage's ru_maxrss is not (it would include
+  # the parent's RSS at fork time).
   with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
-before = rss_kb()
+    return next(int(l.split()[1]) for l in f if l.startswith(field)) / 1024
+before = status_mb("VmRSS")
 t0 = time.perf_counter()
 model = pretrained.load(path)
 np.asarray(model.fc.kernel[...])
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "rss_before_mb": before / 1024,
-                  "peak_mb": peak / 1024, "increase_mb": (peak - before) / 1024}))
+peak = status_mb("VmHWM")
+print(json.dumps({"seconds": seconds, "rss_before_mb": before, "peak_mb": peak,
+                  "increase_mb": peak - before}))
 """
 
 
@@ -117,7 +119,9 @@ def bench_inference(report):
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
   import make_torch_fixtures as mtf
   tnet = mtf.ResNet("resnet50").eval()
-  tnet.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+  missing, unexpected = tnet.load_state_dict({k: torch.from_numpy(v.copy())
+                                             for k, v in sd.items()}, strict=False)
+  assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
   xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   m = torch.tensor(imagenet_models.IMAGENET_MEAN).view(1, 3, 1, 1)
   s = torch.tensor(imagenet_models.IMAGENET_STD).view(1, 3, 1, 1)

@@ -288,15 +288,20 @@ def _read_zip(path: str) -> Any:
     names = zf.namelist()
   except (zipfile.BadZipFile, OSError, EOFError) as e:
     raise ValueError(f"{path}: not a readable zip checkpoint (truncated?): {e}") from None
-  if not names:
-    raise ValueError(f"{path}: empty zip archive, not a torch checkpoint")
-  prefix = names[0].split("/", 1)[0]
-  pkl = f"{prefix}/data.pkl"
-  if pkl not in names:
-    raise ValueError(f"{path}: zip archive without {pkl!r}: not a torch checkpoint")
-  byteorder = "little"
-  if f"{prefix}/byteorder" in names:
-    byteorder = zf.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
+  with zf:
+    if not names:
+      raise ValueError(f"{path}: empty zip archive, not a torch checkpoint")
+    prefix = names[0].split("/", 1)[0]
+    pkl = f"{prefix}/data.pkl"
+    if pkl not in names:
+      raise ValueError(f"{path}: zip archive without {pkl!r}: not a torch checkpoint")
+    byteorder = "little"
+    if f"{prefix}/byteorder" in names:
+      byteorder = zf.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
+    return _read_zip_records(path, zf, names, prefix, pkl, byteorder)
+
+
+def _read_zip_records(path, zf, names, prefix, pkl, byteorder):
   mm = _mmap(path)
   buffers: dict[str, np.ndarray] = {}
 
@@ -502,14 +507,15 @@ def extract_state_dict(obj: Any, path: str = "<checkpoint>"
     from `normalizer.new_mean/new_std` or `normalize.mean/std`, or None; ignored keys.
   """
   for _ in range(4):
+    # Wrapper keys first: a robustness dict may hold 0-d tensors (e.g. `nat_prec1`) next to
+    # `model`, so "has a tensor value" does not make it a state dict.
+    inner = [k for k in ("model", "state_dict", "model_state_dict")
+             if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+    if inner:
+      obj = obj[inner[0]]
+      continue
     if _is_state_dict(obj):
       break
-    if isinstance(obj, Mapping):
-      inner = [k for k in ("model", "state_dict", "model_state_dict") if k in obj
-               and isinstance(obj[k], Mapping)]
-      if inner:
-        obj = obj[inner[0]]
-        continue
     raise ValueError(f"{path}: no state dict found (expected a dict of tensors, or one "
                      f"under 'model' or 'state_dict'); top level is {_describe(obj)}")
   sd = {k: v for k, v in obj.items()}

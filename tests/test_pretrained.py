@@ -46,11 +46,12 @@ def test_committed_fixtures_match_torch_logits(arch, lay, fmt):
   """At 64 px every stride-2 layer sees an even size, where XLA's SAME padding would differ
   from torch's (at 97 px all sizes are odd and SAME happens to agree)."""
   path = _fixture(arch, lay, fmt)
-  inferred = pretrained.load(path)
-  given = pretrained.load(path, arch, num_classes=10)
-  assert inferred.spec == given.spec and inferred.spec.arch == arch
+  models = [pretrained.load(path)]                                   # arch inferred
+  if fmt == "zip":                         # and given (for one format: loading is slow)
+    models.append(pretrained.load(path, arch, num_classes=10))
   x = mtf.fixture_images(64)
-  for model in (inferred, given):
+  for model in models:
+    assert model.spec.arch == arch
     assert _rel_err(model(x), LOGITS[f"{arch}_{lay}_64"]) <= TOL
 
 
@@ -130,12 +131,14 @@ def test_writer_roundtrip_in_robustness_layout(legacy, tmp_path):
   for k, v in sd.items():
     wrapped["module.model." + k] = v
     wrapped["module.attacker.model." + k] = v
-  obj = {"model": wrapped, "epoch": 90, "optimizer": {"lr": 0.1}, "nat_prec1": np.float64(7)}
+  # nat_prec1 as a 0-d tensor: the top level then has a tensor value but is no state dict
+  obj = {"model": wrapped, "epoch": 90, "optimizer": {"lr": 0.1},
+         "nat_prec1": np.array(7.0, np.float32)}
   path = str(tmp_path / "robust.ckpt")
   pretrained.write_torch_checkpoint(path, obj, legacy=legacy)
   assert os.listdir(tmp_path) == ["robust.ckpt"]
   back = pretrained.read_checkpoint(path)
-  assert back["epoch"] == 90 and back["nat_prec1"] == 7.0
+  assert back["epoch"] == 90 and back["nat_prec1"].shape == () and back["nat_prec1"] == 7.0
   model = pretrained.load(path, "resnet18")
   x = mtf.fixture_images(64)
   assert _rel_err(model(x), LOGITS["resnet18_robustness_64"]) <= TOL
