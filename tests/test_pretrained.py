@@ -413,3 +413,30 @@ def test_convert_folder_skips_done_files_and_reports_errors(tmp_path):
   again = pretrained.convert_folder(src, dst)
   assert [r["status"] for r in again] == ["error", "skipped"]
   assert os.path.getmtime(dst / "resnet18_l2_eps3.safetensors") == mtime
+
+
+def _torch_state_dict_of(model):
+  """A torch-layout state dict (OIHW kernels, torch names) of an NNX ImageNetResNet."""
+  from flax import nnx
+  sd = {}
+  for p, v in nnx.to_flat_state(nnx.state(model)):
+    if tuple(p) in (("mean",), ("std",)):
+      continue
+    key, leaf = pretrained._torch_key(tuple(p))
+    a = np.asarray(v[...], np.float32)
+    if leaf == "kernel":
+      a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T
+    sd[key] = np.ascontiguousarray(a)
+  return sd
+
+
+@pytest.mark.parametrize("arch", imagenet_models.IMAGENET_ARCHS)
+def test_every_arch_is_inferred_from_keys_and_shapes(arch, tmp_path):
+  spec = imagenet_models.ResNetSpec(arch, 5, 4, (2, 2, 4, 4))
+  sd = _torch_state_dict_of(imagenet_models.skeleton(spec))
+  sd["fc.bias"] = np.arange(5, dtype=np.float32)
+  path = str(tmp_path / f"{arch}.pth")
+  pretrained.write_torch_checkpoint(path, {"state_dict": sd})
+  model = pretrained.load(path)
+  assert model.spec == spec
+  np.testing.assert_array_equal(np.asarray(model.fc.bias[...]), sd["fc.bias"])
