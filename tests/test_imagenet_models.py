@@ -1,8 +1,9 @@
 """Tests of spurjax.imagenet_models: torchvision parameter counts and names, torch's output
 sizes and padding, eval/train views, the normalizer, training through spurjax.train.
 
-Agreement of the logits with torch is tested in test_pretrained.py (committed torch
-fixtures; full-size nets when torch is importable)."""
+Agreement of the logits with torch, `features`, batch independence in eval mode and the
+normalizer are tested in test_pretrained.py on the committed torch fixtures (full-size
+nets too when torch is importable)."""
 
 import jax
 import jax.numpy as jnp
@@ -97,27 +98,6 @@ def test_max_pool_pads_with_minus_infinity():
   x = -jnp.ones((1, 4, 4, 1))
   y = imagenet_models.max_pool_3x3_s2(x)
   assert y.shape == (1, 2, 2, 1) and np.all(np.asarray(y) == -1.0)
-
-
-def test_features_eval_view_and_normalizer():
-  """Built and run inside one jit (one compilation): features feed fc, eval-mode logits of
-  an example do not depend on the batch, and the normalizer's values matter."""
-
-  def run(x):
-    m = models.imagenet_resnet("resnet18", 7, rngs=nnx.Rngs(0), stem_width=4,
-                               planes=(2, 2, 2, 4))
-    view = models.eval_view(m)
-    feats, logits = view.features(x), view(x)
-    alone = view(x[:1])
-    m.mean[...] = jnp.asarray([0.1, 0.2, 0.3])
-    return feats, logits, view.fc(feats), alone, view(x)
-
-  x = jax.random.uniform(jax.random.key(0), (3, 32, 32, 3))
-  feats, logits, from_feats, alone, renormed = jax.jit(run)(x)
-  assert feats.shape == (3, 4) and logits.shape == (3, 7)
-  np.testing.assert_allclose(np.asarray(from_feats), np.asarray(logits), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(alone), np.asarray(logits[:1]), atol=1e-5)
-  assert np.abs(np.asarray(renormed - logits)).max() > 1e-4
 
 
 def test_bad_specs_raise():

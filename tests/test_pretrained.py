@@ -65,6 +65,21 @@ def test_odd_size_and_features(arch, lay, fmt):
   assert model.features(x).shape == (2, model.spec.num_features)
 
 
+def test_features_batch_independence_and_normalizer():
+  """Eager calls on a fixture model (same shapes as above, so no new compilation):
+  fc(features) are the logits, an example's eval logits do not depend on the batch, and
+  the normalizer's values matter."""
+  model = pretrained.load(_fixture("resnet50", "torchvision", "zip"))
+  x = mtf.fixture_images(64)
+  logits, feats = np.asarray(model(x)), model.features(x)
+  assert feats.shape == (2, model.spec.num_features)
+  np.testing.assert_allclose(np.asarray(model.fc(feats)), logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(model(x[1:])), logits[1:], rtol=1e-5,
+                             atol=1e-5 * np.abs(logits).max())
+  model.mean[...] = model.mean[...] + 0.1
+  assert np.abs(np.asarray(model(x)) - logits).max() > 1e-3 * np.abs(logits).max()
+
+
 def test_layout_normalizers_are_read():
   """robustness / RobustBench files carry their own mean and std; plain ones get ImageNet's."""
   rob = pretrained.load(_fixture("resnet18", "robustness", "zip"))
