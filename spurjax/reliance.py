@@ -301,6 +301,21 @@ def _predict_all(model: _Model, images: Any, batch_size: int) -> np.ndarray:
   return out
 
 
+def predictions(model: Any, images: Any, *, batch_size: int = 250) -> np.ndarray:
+  """Predicted classes argmax_c f(x)_c of a classifier (any form of the module docstring).
+
+  Args:
+    model: NNX model, `(apply_fn(params, images), params)` or pure `apply_fn(images)`.
+    images: `(N, H, W, 3)` in [0, 1].
+    batch_size: evaluation batch size (the last batch is zero-padded: one compilation).
+
+  Returns:
+    `(N,)` int64 predicted classes.
+  """
+  _check_batch_size(batch_size)
+  return _predict_all(_model_for(model, 0.25), images, min(batch_size, max(_n(images), 1)))
+
+
 def _pair_counters(key: jax.Array, model: _Model, images: Any, labels: np.ndarray,
                    masks: Any, num_classes: int, sigma: float, mode: str, trials: int,
                    batch_size: int) -> tuple[_Counter, _Counter]:
