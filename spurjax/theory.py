@@ -13,18 +13,21 @@ For a linear predictor w and an attack ||delta||_p <= eps the worst-case squared
     k = sqrt(2 / pi).
 
 By symmetry a minimizer has w_c = a theta, w_s = b 1_ds / sqrt(d_s); `adversarial_minimizer`
-solves the reduced convex problem in (a, b) exactly from its optimality conditions:
-the minimizer lies on the path of penalised least squares
+solves the reduced convex problem in (a, b) exactly from its optimality conditions: the
+minimizer minimizes the penalised least squares 1/2 s(z)^2 + mu n(z) at the self-consistent
+multiplier mu = Phi(s, n) = s (eps k s + eps^2 n) / (s + eps k n).
 
-    z(mu) = argmin_z 1/2 s(z)^2 + mu n(z)          (l1 / l_inf attacks: closed-form pieces)
-    z(lam) = (P + lam I)^{-1} q                     (l2 attack: ridge path, mu = lam n)
+  * l2 attack: along the ridge path z(lam) = (P + lam I)^{-1} q (mu = lam n) dR/dn has the
+    sign of Phi - mu, which changes once, so 64 bisection steps find the multiplier to
+    round-off.
+  * l1 / l_inf attacks: after reflecting b so that rho >= 0 the minimizer lies in the
+    quadrant a, b >= 0, whose smooth pieces (interior / region lines, the edges a = 0 or
+    b = 0, the l1 tie line) are lines z(mu) with s^2 = s0^2 + c mu^2 and n = n0 - c mu; on
+    each the risk is convex in mu, minimized in closed form when s0 = 0 and otherwise by 8
+    bracket-safeguarded Newton steps on mu - Phi (`_line_min`). The best candidate wins.
 
-at the self-consistent multiplier mu = Phi(s, n) = s (eps k s + eps^2 n) / (s + eps k n).
-Along the path dR/dn has the sign of Phi - mu, which is monotone, so a fixed number of
-bisection steps on that sign finds the multiplier to round-off; for each mu the path point
-is the best of a handful of closed-form candidates (one per smooth piece: both weights
-free, one weight zero, the l_inf tie line, the origin). Exact zeros (w_spu = 0 below the
-thresholds, a = 0 in the all-spurious l_inf phase, collapse to w = 0) come out exactly.
+Exact zeros (w_spu = 0 below the thresholds, a = 0 in the all-spurious l_inf phase,
+collapse to w = 0) come out exactly: structured candidates are listed first and win ties.
 
 Precision: the functions compute in the default float dtype. Enable float64
 (`jax.config.update("jax_enable_x64", True)` or `with jax.enable_x64(True):`) for results
