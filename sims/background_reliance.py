@@ -104,11 +104,12 @@ def evaluate_model(model, es, uncorrelated, config: dict[str, Any]) -> dict[str,
   """
   from spurjax import reliance
   from spurjax import train
-  apply_fn = _suite.apply_fn_of(model)
   bs = int(config["batch_size"])
-  out = dict(reliance.evaluate(_suite.eval_key(config["eval_seed"], "reliance"), apply_fn, es,
+  # The NNX model itself (not a closure over its parameters): the jitted evaluation
+  # functions are shared by every model of the suite, so only the first one compiles.
+  out = dict(reliance.evaluate(_suite.eval_key(config["eval_seed"], "reliance"), model, es,
                                batch_size=bs))
-  out["uncorr_acc"] = reliance.clean_accuracy(apply_fn, uncorrelated[0], uncorrelated[1],
+  out["uncorr_acc"] = reliance.clean_accuracy(model, uncorrelated[0], uncorrelated[1],
                                               es.num_classes, batch_size=bs)["clean_acc"]
   for norm in _suite.NORMS:
     out[f"pgd_acc_{norm}"] = train.evaluate_accuracy(
