@@ -198,15 +198,14 @@ def fgsm(key, logits_fn, x, y, *, norm, eps, config):
 CONFIG = dict(pr.PRESETS["small"], max_images=12, attack_norms="l2,linf")
 
 
-def _fake_setup(tmp_path):
+def _fake_setup(tmp_path, benches=("in9", "waterbirds", "rival10", "salient_masks",
+                                     "objectnet", "imagenet")):
   for n in ("resnet18_linf_eps4.0.ckpt", "resnet50_l2_eps0.ckpt"):
     _touch(str(tmp_path / "ck" / n))
   roots = {k: None for k in pr.PATH_FLAGS if k not in ("checkpoints", "models_csv")}
-  for k in ("in9", "waterbirds", "rival10", "salient_masks", "objectnet"):
+  for k in benches:
     roots[k] = str(tmp_path / "bench" / k)
-    os.makedirs(roots[k])
-  roots["imagenet"] = str(tmp_path / "bench" / "imagenet")
-  os.makedirs(os.path.join(roots["imagenet"], "val"))
+    os.makedirs(os.path.join(roots[k], "val") if k == "imagenet" else roots[k])
   return pr.list_models(str(tmp_path / "ck" / "*.ckpt"), None), roots
 
 
@@ -219,43 +218,53 @@ class Stop(Exception):
   pass
 
 
-def test_orchestration_outputs_probe_cache_and_resume(tmp_path):
+def test_every_benchmark_fills_its_columns_and_the_outputs(tmp_path):
   models, roots = _fake_setup(tmp_path)
-  items = len(models) * len(pr.BENCHMARKS)
-  # Uninterrupted reference run.
-  ref = FakeBackend()
-  paths = pr.run(CONFIG, str(tmp_path / "ref"), roots, models, backend=ref)
+  be = FakeBackend()
+  paths = pr.run(CONFIG, str(tmp_path / "w"), roots, models[:1], backend=be)
   rows = _read(paths["csv"])
-  assert [r["model"] for r in rows] == ["resnet18_linf_eps4.0", "resnet50_l2_eps0"]
+  assert [r["model"] for r in rows] == ["resnet18_linf_eps4.0"]
   assert list(rows[0]) == list(pr.FIELDS)
-  for r in rows:
-    for col in sum(pr.OWNED.values(), ()):
-      if col.startswith("aa_") or col.endswith("_l1") or col == "rfs_l2":
-        assert r[col] == "", col   # No AutoAttack in this backend; not requested.
-      elif col.startswith("wb_acc_g") and r[col] == "":
-        continue  # A group absent from the subset.
-      else:
-        v = float(r[col])
-        assert np.isfinite(v) and (col == "shift_drop_rel" or -1 <= v <= 1), (col, v)
-    assert r["uncorr_acc"] == ""
-    assert float(r["pgd_acc_linf"]) <= float(r["clean_acc"])
-  assert ref.calls["fit_head"] == 2 * len(models)
+  r = rows[0]
+  assert (r["arch"], r["norm"], r["eps_label"]) == ("resnet18", "linf", "4.0/255")
+  assert float(r["eps"]) == pytest.approx(4 / 255)
+  for col in sum(pr.OWNED.values(), ()):
+    if col.startswith("aa_") or col.endswith("_l1") or col == "rfs_l2":
+      assert r[col] == "", col   # No AutoAttack in this backend; not requested.
+    elif col.startswith("wb_acc_g") and r[col] == "":
+      continue  # A group absent from the subset.
+    else:
+      v = float(r[col])
+      assert np.isfinite(v) and (col == "shift_drop_rel" or -1 <= v <= 1), (col, v)
+  assert r["uncorr_acc"] == ""
+  assert float(r["pgd_acc_linf"]) <= float(r["clean_acc"])
+  assert be.calls["fit_head"] == 2 and be.calls["load_model"] == 1
   md = open(paths["md"]).read()
-  assert md.count("\n| resnet") == 2 and "4.0/255" in md
+  assert md.count("\n| resnet") == 1 and "4.0/255" in md
   manifest = json.load(open(paths["manifest"]))
   assert set(manifest["outputs"]) == {"reliance.csv", "reliance.png", "manifest.json",
                                       "reliance.md"}
   assert manifest["benchmarks"] == list(pr.BENCHMARKS)
   assert os.path.getsize(paths["png"]) > 10_000
 
-  # Interrupted run: killed after its 8th item (mid-way through the second model, after
-  # its imagenet and in9 items).
+
+def test_interrupted_run_resumes_and_gives_the_same_table(tmp_path):
+  models, roots = _fake_setup(tmp_path, ("in9", "waterbirds", "imagenet"))
+  items = len(models) * 3
+  ref = FakeBackend()
+  paths = pr.run(CONFIG, str(tmp_path / "ref"), roots, models, backend=ref)
+  rows = _read(paths["csv"])
+  assert [r["model"] for r in rows] == ["resnet18_linf_eps4.0", "resnet50_l2_eps0"]
+  assert all(r["bg_gap"] and r["worst_group_acc"] and r["pgd_acc_l2"] for r in rows)
+  assert ref.calls["fit_head"] == len(models)
+
+  # Interrupted run: "killed" after its 4th item (the second model's imagenet item).
   work = str(tmp_path / "work")
   first, done = FakeBackend(), []
 
   def stop(model, bench):
     done.append((model, bench))
-    if len(done) == 8:
+    if len(done) == 4:
       raise Stop()
 
   with pytest.raises(Stop):
@@ -263,15 +272,16 @@ def test_orchestration_outputs_probe_cache_and_resume(tmp_path):
   assert not os.path.exists(os.path.join(work, "reliance.csv"))
   stored = sorted(os.path.relpath(os.path.join(b, f), os.path.join(work, "results"))
                   for b, _, fs in os.walk(os.path.join(work, "results")) for f in fs)
-  assert len(stored) == 8 and not any(s.endswith(".tmp") for s in stored)
+  assert len(stored) == 4 and not any(s.endswith(".tmp") for s in stored)
   # A result file lost (as if killed while writing it) is recomputed too.
   os.remove(os.path.join(work, "results", "resnet18_linf_eps4.0", "in9.json"))
   second, redone = FakeBackend(), []
   paths2 = pr.run(CONFIG, work, roots, models, backend=second,
                   after_item=lambda m, b: redone.append((m, b)))
-  assert len(redone) == items - 7 and ("resnet18_linf_eps4.0", "in9") in redone
-  assert not set(redone) & (set(done) - {("resnet18_linf_eps4.0", "in9")})
-  # The probes of the first model (done before the kill) are not refitted.
+  lost = ("resnet18_linf_eps4.0", "in9")
+  assert len(redone) == items - 3 and lost in redone
+  assert not set(redone) & (set(done) - {lost})
+  # The probe of the first model (done before the kill) is not refitted.
   assert first.calls["fit_head"] + second.calls["fit_head"] == ref.calls["fit_head"]
   assert open(paths2["csv"]).read() == open(paths["csv"]).read()
   assert open(paths2["md"]).read() == open(paths["md"]).read()
@@ -284,16 +294,6 @@ def test_orchestration_outputs_probe_cache_and_resume(tmp_path):
   pr.run(dict(CONFIG, pgd_steps=3), work, roots, models, backend=FakeBackend(),
          after_item=lambda m, b: third.append(b))
   assert third == ["imagenet"] * len(models)
-
-
-def test_only_given_benchmarks_run_and_others_stay_empty(tmp_path):
-  models, roots = _fake_setup(tmp_path)
-  roots = dict(roots, imagenet=None, salient_masks=None, objectnet=None, rival10=None)
-  be = FakeBackend()
-  rows = _read(pr.run(CONFIG, str(tmp_path / "w"), roots, models[:1], backend=be)["csv"])
-  assert rows[0]["bg_gap"] != "" and rows[0]["worst_group_acc"] != ""
-  for col in ("clean_acc", "pgd_acc_l2", "rfs", "rcs", "shift_drop"):
-    assert rows[0][col] == "", col
 
 
 def test_bad_roots_raise_naming_the_flag(tmp_path):
