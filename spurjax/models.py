@@ -173,6 +173,9 @@ class ResNet18(nnx.Module):
 
 
 ARCHS: dict[str, Callable[..., nnx.Module]] = {"small_cnn": SmallCNN, "resnet18": ResNet18}
+# torchvision-exact ImageNet ResNets, as "imagenet_resnet50" etc. ("resnet18" is the CIFAR one).
+from spurjax.imagenet_models import imagenet_resnet, IMAGENET_ARCHS, suite_builder  # noqa: E402
+ARCHS.update({f"imagenet_{a}": suite_builder(a) for a in IMAGENET_ARCHS})
 
 
 def make_model(arch: str, num_classes: int, *, rngs: nnx.Rngs, width: int | None = None,
