@@ -11,7 +11,8 @@ Modules:
     for training (`sample_batch`) and complete evaluation sets (`make_eval_set`).
   evalset: the `EvalSet` structure shared by the generator and the real-data loaders.
   reliance: the five background-reliance protocols and `evaluate(key, apply_fn, eval_set)`.
-  loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet layouts.
+  loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet, read as published.
+  fixture_trees: small trees in those five published layouts, drawn from `data`.
   attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
 """
 

@@ -18,6 +18,11 @@ the protocols read them batch by batch.
 | variants              | ImageNet-9 BG-Gap          | name -> `Variant(images, labels)`       |
 | groups                | Waterbirds worst group     | `GroupSplit`                            |
 | shifted               | ObjectNet-style drop       | `ShiftSplit`                            |
+| class_map             | every protocol             | `ClassMap` (scores a C-logit model)     |
+
+With a `class_map` (benchmarks scored by ImageNet-1k models through a published class table),
+`apply_fn` returns `(B, C)` logits over the model's own C classes (1000 for ImageNet) and
+`spurjax.reliance.evaluate` maps each prediction to the benchmark's K classes first.
 """
 
 from __future__ import annotations
@@ -54,6 +59,84 @@ def _check_maps(name: str, x: Any, images_shape: tuple[int, ...]) -> None:
   if shape != images_shape[:3]:
     raise ValueError(f"{name}: expected shape {images_shape[:3]} (N, H, W) to match the "
                      f"images, got {shape}")
+
+
+CLASS_MAP_MODES = ("top1", "max")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassMap:
+  """How a classifier with C outputs (e.g. ImageNet-1k) is scored on a K-class benchmark.
+
+  Attributes:
+    members: `(K, C)` bool; `members[k, c]` says that model class c belongs to benchmark class
+      k.
+    mode: "top1": the prediction is the benchmark class of the model's top-1 class over all C
+      logits, and a top-1 class in no benchmark class counts as wrong (ImageNet-9 with
+      `in_to_in9.json`: 630 classes map to -1); each model class may belong to at most one
+      benchmark class. "max": the score of benchmark class k is max_{c in k} logit_c and the
+      prediction is the arg-max over k (ObjectNet, RIVAL10: one to several ImageNet classes
+      per benchmark class); every benchmark class needs at least one member.
+    name: where the table comes from.
+
+  Identity-hashed (eq=False), so it can key compilation caches.
+  """
+  members: Any
+  mode: str = "top1"
+  name: str = ""
+
+  def __post_init__(self):
+    m = np.asarray(self.members)
+    if m.ndim != 2 or m.dtype != np.bool_:
+      raise ValueError(f"ClassMap.members: expected a (K, C) bool array, got {m.dtype} "
+                       f"{m.shape}")
+    if self.mode not in CLASS_MAP_MODES:
+      raise ValueError(f"ClassMap.mode: must be one of {CLASS_MAP_MODES}, got {self.mode!r}")
+    if self.mode == "top1" and np.any(m.sum(0) > 1):
+      bad = np.flatnonzero(m.sum(0) > 1)[:5]
+      raise ValueError(f"ClassMap.members: model classes {bad.tolist()} belong to several "
+                       "benchmark classes (not allowed in mode 'top1')")
+    if self.mode == "max" and np.any(~m.any(1)):
+      bad = np.flatnonzero(~m.any(1))[:5]
+      raise ValueError(f"ClassMap.members: benchmark classes {bad.tolist()} have no member "
+                       "(not allowed in mode 'max')")
+    object.__setattr__(self, "members", m)
+
+  @property
+  def num_classes(self) -> int:
+    """K, the benchmark's classes."""
+    return int(self.members.shape[0])
+
+  @property
+  def model_classes(self) -> int:
+    """C, the classifier's outputs."""
+    return int(self.members.shape[1])
+
+  def scores(self, logits: Any) -> Any:
+    """Benchmark scores `(B, K + 1)` from model logits `(B, C)`; their arg-max is the mapped
+    prediction, and column K ("no benchmark class", never a label) wins exactly when a
+    top-1 prediction is unmapped.
+
+    top1: one-hot of the benchmark class of argmax_c logits (column K when unmapped).
+    max: score_k = max_{c in k} logit_c, and column K = -inf.
+    """
+    import jax.numpy as jnp  # Local: evalset itself stays importable without jax.
+    if logits.ndim != 2 or logits.shape[-1] != self.model_classes:
+      raise ValueError(f"apply_fn: expected logits of shape (B, {self.model_classes}) for "
+                       f"class map {self.name!r}, got {logits.shape}")
+    m = jnp.asarray(self.members)
+    if self.mode == "top1":
+      col = m[:, jnp.argmax(logits, axis=-1)].T                  # (B, K)
+      unmapped = ~col.any(axis=-1, keepdims=True)
+      return jnp.concatenate([col, unmapped], axis=-1).astype(jnp.float32)
+    neg = jnp.finfo(logits.dtype).min
+    s = jnp.max(jnp.where(m[None], logits[:, None, :], neg), axis=-1)   # (B, K)
+    return jnp.concatenate([s, jnp.full((s.shape[0], 1), -jnp.inf, s.dtype)], axis=-1)
+
+  def predict(self, logits: Any) -> Any:
+    """`(B,)` benchmark predictions in [0, K], K meaning "no benchmark class" (wrong)."""
+    import jax.numpy as jnp
+    return jnp.argmax(self.scores(logits), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +215,8 @@ class EvalSet:
       whose background was used (procedural sets only), or None.
     groups: `GroupSplit` or None.
     shifted: `ShiftSplit` or None.
+    class_map: `ClassMap` from the classifier's classes to the K labels, or None (the
+      classifier outputs the K classes itself).
     name: a free-form description.
   """
   images: Any
@@ -145,6 +230,7 @@ class EvalSet:
   variant_sources: Mapping[str, Any] | None = None
   groups: GroupSplit | None = None
   shifted: ShiftSplit | None = None
+  class_map: ClassMap | None = None
   name: str = ""
 
   def __post_init__(self):
@@ -172,6 +258,13 @@ class EvalSet:
       if part is not None and _shape(part.images)[1:] != shape[1:]:
         raise ValueError(f"EvalSet.{name}: image size {_shape(part.images)[1:]} differs from "
                          f"EvalSet.images {shape[1:]}")
+
+    if self.class_map is not None:
+      if not isinstance(self.class_map, ClassMap):
+        raise ValueError(f"EvalSet.class_map: expected a ClassMap, got {type(self.class_map)}")
+      if self.class_map.num_classes != int(self.num_classes):
+        raise ValueError(f"EvalSet.class_map: maps to {self.class_map.num_classes} classes "
+                         f"but num_classes is {self.num_classes}")
 
   def __len__(self) -> int:
     return _shape(self.images)[0]

@@ -217,6 +217,13 @@ def _model_for(apply_fn: ApplyFn, l2_fraction: float) -> _Model:
   return _cached_model(apply_fn, l2_fraction)
 
 
+@functools.lru_cache(maxsize=4)
+def _mapped_apply(apply_fn: ApplyFn, class_map: evalset_lib.ClassMap) -> ApplyFn:
+  """`apply_fn` followed by `class_map.scores`: `(B, H, W, 3) -> (B, K + 1)` scores whose
+  arg-max is the mapped prediction (cached so the compiled model is reused)."""
+  return lambda x: class_map.scores(apply_fn(x))
+
+
 def _predict_all(model: _Model, images: Any, batch_size: int) -> np.ndarray:
   n = _n(images)
   out = np.empty(n, np.int64)
@@ -461,7 +468,9 @@ def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
   Args:
     key: PRNG key for the noise of RFS and Salient.
     apply_fn: classifier `(B, H, W, 3) -> (B, C)`, pure; jitted once per input shape.
-    data: an `EvalSet` (from `spurjax.data.make_eval_set` or a `spurjax.loaders` loader).
+    data: an `EvalSet` (from `spurjax.data.make_eval_set` or a `spurjax.loaders` loader);
+      with `data.class_map`, apply_fn returns the model's own C logits (e.g. 1000) and
+      every protocol scores their mapping to the K classes (`evalset.ClassMap`).
     batch_size: evaluation batch size (the last batch is zero-padded, so one compilation).
     sigmas: RFS noise levels.
     rfs_trials: RFS noise draws per sigma.
@@ -484,6 +493,13 @@ def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
     if m not in NOISE_MODES:
       raise ValueError(f"rfs_modes: unknown mode {m!r}; known: {NOISE_MODES}")
   _check_batch_size(batch_size)
+  if data.class_map is not None:
+    # The one hook for class maps: every protocol scores the mapped predictions, in which
+    # K ("no benchmark class") is always wrong.
+    try:
+      apply_fn = _mapped_apply(apply_fn, data.class_map)
+    except TypeError:  # An unhashable apply_fn: map it without caching.
+      apply_fn = (lambda f, cm: lambda x: cm.scores(f(x)))(apply_fn, data.class_map)
   sizes = [len(data)] + [_n(v.images) for v in (data.variants or {}).values()] + [
       _n(p.images) for p in (data.groups, data.shifted) if p is not None]
   batch_size = min(batch_size, max(sizes))  # No padding beyond the largest part.
