@@ -55,8 +55,9 @@ from sims import _common
 BENCHMARKS = ("imagenet", "in9", "salient", "objectnet", "waterbirds", "rival10")
 ATTACK_NORMS = ("l1", "l2", "linf")
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".ckpt", ".pt", ".pth", ".safetensors")
-# The architectures of the robust-models-transfer releases that spurjax builds.
-KNOWN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
+# The architectures that spurjax builds (`spurjax.imagenet_models.IMAGENET_ARCHS`).
+KNOWN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",
+               "wide_resnet50_4")
 NAME_RE = re.compile(r"^(?P<arch>[a-z0-9_]+?)_(?P<norm>l2|linf)_eps(?P<eps>\d+(?:\.\d+)?)$")
 MODELS_CSV_COLUMNS = ("path", "arch", "norm", "eps", "source")
 
@@ -105,8 +106,8 @@ _DEFAULT = dict(batch_size=64, max_images=0, max_train=0, n_robust=500, pgd_step
                 salient_trials=5, eval_seed=1234)
 PRESETS = {"default": _DEFAULT,
            "small": dict(_DEFAULT, batch_size=8, max_images=8, max_train=16, n_robust=4,
-                         pgd_steps=2, autoattack_version="fast", rfs_sigmas="90,180",
-                         rfs_modes="gaussian")}
+                         pgd_steps=2, attack_norms="linf", autoattack_version="fast",
+                         rfs_sigmas="90,180", rfs_modes="gaussian")}
 CONFIG_FLAGS = tuple(_DEFAULT)
 PATH_FLAGS = ("checkpoints", "models_csv", "in9", "waterbirds", "rival10", "salient_masks",
               "imagenet", "salient_annotations", "objectnet")
@@ -246,7 +247,7 @@ class Backend:
     """`spurjax.pretrained.load` once, then the converted copy (`pretrained.save`)."""
     from spurjax import io
     from spurjax import pretrained
-    converted = os.path.join(cache_dir, entry.name + ".spurjax")
+    converted = os.path.join(cache_dir, entry.name + ".safetensors")
     sidecar = converted + ".json"
     ident = {"source": _file_id(entry.path), "arch": entry.arch}
     if os.path.exists(sidecar) and os.path.exists(converted):
@@ -285,14 +286,26 @@ class Backend:
       return loaders.load_objectnet(roots["objectnet"], model_classes="imagenet1k",
                                     imagenet_val=imagenet_val_dir(roots.get("imagenet")))
     if name == "imagenet":
-      return loaders.load_imagenet_val(imagenet_val_dir(roots["imagenet"]))
+      val = imagenet_val_dir(roots["imagenet"])
+      wnids = loaders.imagenet_wnids()
+      index = {w: i for i, w in enumerate(wnids)}
+      present = sorted(d for d in os.listdir(val) if os.path.isdir(os.path.join(val, d)))
+      unknown = [d for d in present if d not in index]
+      if unknown:
+        raise ValueError(f"{val}: class folders {unknown[:5]} are not ImageNet-1k wnids")
+      return loaders.load_image_folder(val, class_mapping={w: index[w] for w in present},
+                                       num_classes=1000)
     raise ValueError(f"benchmark: unknown {name!r}; known {BENCHMARKS}")
 
   def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int, *,
                seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A linear probe `(W (D, K), b (K,))` on frozen features (`spurjax.probe`)."""
+    """A linear probe `(W (D, K), b (K,))` on frozen features: `spurjax.probe.fit_probe`
+    (multinomial logistic regression, L2 penalty chosen on a validation split)."""
+    import jax
     from spurjax import probe
-    return probe.fit_linear(features, labels, num_classes, seed=seed)
+    res = probe.fit_probe(jax.random.key(seed), None, None, np.asarray(labels, np.int64),
+                          num_classes=num_classes, features=features)
+    return np.asarray(res.weight), np.asarray(res.bias)
 
   def attacks(self) -> dict[str, Callable]:
     """name -> `attack(key, logits_fn, x, y, *, norm, eps, config)` adversarial batch."""

@@ -197,6 +197,10 @@ def fgsm(key, logits_fn, x, y, *, norm, eps, config):
 
 CONFIG = dict(pr.PRESETS["small"], max_images=12, attack_norms="l2,linf")
 
+# The small preset's item settings, pinned so that a change is a deliberate one.
+SMALL = dict(batch_size=8, max_images=8, max_train=16, n_robust=4, pgd_steps=2,
+             attack_norms="linf", rfs_sigmas="90,180", rfs_modes="gaussian")
+
 
 def _fake_setup(tmp_path, benches=("in9", "waterbirds", "rival10", "salient_masks",
                                      "objectnet", "imagenet")):
@@ -328,3 +332,86 @@ def test_usage_errors(tmp_path):
     proc = _sim(f"--workdir={tmp_path}/w", *args)
     assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
     assert not os.path.exists(tmp_path / "w")
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.fixture
+def allow_rank_promotion():
+  """spurjax.imagenet_models normalizes `(B, H, W, 3) - (3,)`, which the suite-wide
+  `jax_numpy_rank_promotion='raise'` rejects; allowed here until the model broadcasts
+  explicitly."""
+  with jax.numpy_rank_promotion("allow"):
+    yield
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+  from sims import make_fixture_benchmarks as mf
+  d = str(tmp_path_factory.mktemp("fixture_benchmarks"))
+  out = mf.run(mf.PRESETS["small"], d)
+  return d, out
+
+
+def test_make_fixture_benchmarks_writes_loadable_checkpoints_and_trees(fixture_dir,
+                                                                      allow_rank_promotion):
+  from sims import make_fixture_benchmarks as mf
+  from spurjax import pretrained
+  d, out = fixture_dir
+  assert sorted(os.path.basename(p) for p in out["checkpoints"]) == sorted(mf.CHECKPOINTS)
+  for p in out["checkpoints"]:
+    arch, fmt, key = mf.CHECKPOINTS[os.path.basename(p)]
+    with open(p, "rb") as f:
+      head = f.read(4)
+    assert (head == b"PK\x03\x04") == (fmt == "zip"), p
+    raw = pretrained.read_checkpoint(p)
+    assert key in raw and any(k.startswith("module.attacker.model.") for k in raw[key])
+    model = pretrained.load(p, None, num_classes=1000)   # arch inferred from the keys
+    assert model.spec.arch == arch
+    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    logits = np.asarray(model(x))
+    assert logits.shape == (2, 1000) and np.all(np.isfinite(logits))
+  for k in ("in9", "waterbirds", "rival10", "salient_masks", "objectnet", "imagenet"):
+    assert os.path.isdir(out["benchmarks"][k]), k
+  assert os.path.isdir(os.path.join(d, "imagenet", "val"))
+  assert "sims.pretrained_reliance" in out["command"]
+  with pytest.raises(ValueError, match="already holds a fixture"):
+    mf.run(mf.PRESETS["small"], d)
+
+
+def test_end_to_end_on_the_fixture_and_resume(fixture_dir, tmp_path, allow_rank_promotion):
+  d, out = fixture_dir
+  for k, v in SMALL.items():
+    assert pr.PRESETS["small"][k] == v, k
+  b = out["benchmarks"]
+  roots = {k: b.get(k) for k in pr.PATH_FLAGS if k not in ("checkpoints", "models_csv")}
+  models = pr.list_models(os.path.join(d, "checkpoints", "resnet18_linf_*.ckpt"), None)
+  work = str(tmp_path / "w")
+  paths = pr.run(pr.PRESETS["small"], work, roots, models)
+  rows = _read(paths["csv"])
+  assert len(rows) == 1
+  r = rows[0]
+  assert (r["model"], r["arch"], r["norm"], r["eps_label"]) == (
+      "resnet18_linf_eps4.0", "resnet18", "linf", "4.0/255")
+  for col in ("clean_acc", "pgd_acc_linf", "rfs", "core_acc", "spur_acc", "rcs", "bg_gap",
+              "worst_group_acc", "shift_drop", "rival10_acc", "acc_mixed_rand"):
+    assert r[col] != "" and np.isfinite(float(r[col])), col
+  assert float(r["pgd_acc_linf"]) <= float(r["clean_acc"])
+  assert os.path.exists(os.path.join(work, "converted", "resnet18_linf_eps4.0.safetensors"))
+  for bench in ("waterbirds", "rival10"):
+    assert os.path.exists(os.path.join(work, "probes", "resnet18_linf_eps4.0", bench + ".npz"))
+  table = open(paths["csv"]).read(), open(paths["md"]).read()
+  # A kill after the imagenet, in9 and salient items: the later result files are missing.
+  res = os.path.join(work, "results", "resnet18_linf_eps4.0")
+  for bench in ("objectnet", "rival10"):
+    os.remove(os.path.join(res, bench + ".json"))
+  kept = {f: os.stat(os.path.join(res, f)).st_mtime_ns for f in os.listdir(res)}
+  probes = {f: os.stat(os.path.join(work, "probes", "resnet18_linf_eps4.0", f)).st_mtime_ns
+            for f in ("waterbirds.npz", "rival10.npz")}
+  redone = []
+  paths = pr.run(pr.PRESETS["small"], work, roots, models,
+                 after_item=lambda m, bench: redone.append(bench))
+  assert sorted(redone) == ["objectnet", "rival10"]
+  assert {f: os.stat(os.path.join(res, f)).st_mtime_ns for f in kept} == kept
+  assert {f: os.stat(os.path.join(work, "probes", "resnet18_linf_eps4.0", f)).st_mtime_ns
+          for f in probes} == probes
+  assert (open(paths["csv"]).read(), open(paths["md"]).read()) == table
