@@ -220,7 +220,7 @@ class ImageNetResNet(nnx.Module):
     """Pooled penultimate features `(B, num_features)` of images `(B, H, W, 3)` in [0, 1]."""
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"images: expected (B, H, W, 3), got shape {x.shape}")
-    x = (x - self.mean[...]) / self.std[...]
+    x = (x - self.mean[...].reshape(1, 1, 1, 3)) / self.std[...].reshape(1, 1, 1, 3)
     x = jax.nn.relu(self.bn1(self.conv1(x)))
     x = max_pool_3x3_s2(x)
     for i in range(4):

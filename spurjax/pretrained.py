@@ -802,7 +802,7 @@ class _TorchPickler(pickle._Pickler):  # the Python pickler lets us emit bare GL
 
   def reducer_override(self, obj):
     if isinstance(obj, np.ndarray):
-      a = np.ascontiguousarray(obj)
+      a = _c_order(obj)
       if a.dtype not in _DTYPE_STORAGES:
         raise ValueError(f"obj: arrays of dtype {a.dtype} have no torch storage type")
       st = _Storage(str(len(self.storages)), a)
@@ -908,8 +908,13 @@ def write_torch_checkpoint(path: str | os.PathLike, obj: Any, *, legacy: bool = 
         zf.writestr(info, data)
 
 
+def _c_order(a: np.ndarray) -> np.ndarray:
+  """C-contiguous, keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)."""
+  return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _le_bytes(a: np.ndarray) -> memoryview | bytes:
-  a = np.ascontiguousarray(a)
+  a = _c_order(a)
   if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big"):
     a = a.byteswap()
   return a.reshape(-1).view(np.uint8).data

@@ -102,7 +102,7 @@ def probe_objective(params, feats: jax.Array, labels: jax.Array, l2: float,
   """`mean_{i: mask_i} CE(F_i W + b, y_i) + (l2 / 2) ||W||^2` for `params = (W (D, K),
   b (K,))`, `feats` `(N, D)`, `labels` `(N,)`, optional 0/1 `mask` `(N,)` (default all)."""
   w, b = params
-  ce = optax.softmax_cross_entropy_with_integer_labels(feats @ w + b, labels)
+  ce = optax.softmax_cross_entropy_with_integer_labels(feats @ w + b[None], labels)
   ce = ce.mean() if mask is None else jnp.sum(mask * ce) / jnp.sum(mask)
   return ce + 0.5 * l2 * jnp.sum(w * w)
 
@@ -162,7 +162,8 @@ def _lbfgs(feats, labels, mask, l2, tol, num_classes, max_iter):
 
 def _accuracy(params, feats, labels) -> float:
   w, b = params
-  return float(np.mean(np.argmax(np.asarray(feats @ w + b), -1) == np.asarray(labels)))
+  logits = np.asarray(feats) @ np.asarray(w) + np.asarray(b)[None]
+  return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
 
 
 def fit_probe(key: jax.Array, feature_fn, images, labels, *, num_classes: int,
@@ -221,7 +222,7 @@ def fit_probe(key: jax.Array, feature_fn, images, labels, *, num_classes: int,
   tr_mask = np.zeros(n, np.float32)
   tr_mask[tr] = 1.0
   mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-6
-  z = (feats - mu) / sd
+  z = (feats - mu[None]) / sd[None]
   scores = {}
   best = None
   for lam in grid:
@@ -235,7 +236,7 @@ def fit_probe(key: jax.Array, feature_fn, images, labels, *, num_classes: int,
   lam = best[0]
   if refit:
     mu, sd = feats.mean(0), feats.std(0) + 1e-6
-    z = (feats - mu) / sd
+    z = (feats - mu[None]) / sd[None]
     params, obj, _ = fit_logistic(z, labels, num_classes=num_classes, l2=lam, tol=tol,
                                   max_iter=max_iter)
     fit_idx = np.arange(n)
@@ -246,6 +247,6 @@ def fit_probe(key: jax.Array, feature_fn, images, labels, *, num_classes: int,
   # Fold the standardization into the head: ((f - mu) / sd) W + b = f W' + b'.
   w = params[0] / jnp.asarray(sd)[:, None]
   b = params[1] - jnp.asarray(mu) @ w
-  apply_fn = lambda x: fn(x) @ w + b
+  apply_fn = lambda x: fn(x) @ w + b[None]
   model = ProbedModel(backbone, w, b) if backbone is not None else None
   return ProbeResult(w, b, lam, scores, train_acc, obj, apply_fn, model)
