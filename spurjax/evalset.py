@@ -12,7 +12,7 @@ the protocols read them batch by batch.
 | part                  | protocol                   | fields                                  |
 |-----------------------|----------------------------|-----------------------------------------|
 | images, labels        | clean accuracy             | `(N, H, W, 3)` float in [0,1], `(N,)`   |
-| masks                 | RFS (RIVAL10)              | `(N, H, W)` binary foreground mask      |
+| masks                 | RFS (RIVAL10)              | `(N, H, W)` foreground mask in [0, 1]   |
 | soft_masks            | core/spur acc (Salient)    | `(N, H, W)` soft core mask in [0, 1]    |
 | marker_masks          | marker-noise accuracy      | `(N, H, W)` binary marker mask          |
 | variants              | ImageNet-9 BG-Gap          | name -> `Variant(images, labels)`       |
@@ -206,7 +206,7 @@ class EvalSet:
     images: `(N, H, W, 3)` float32 in [0, 1], the in-distribution test images.
     labels: `(N,)` int class indices in [0, num_classes).
     num_classes: K.
-    masks: `(N, H, W)` binary foreground masks or None.
+    masks: `(N, H, W)` foreground masks in [0, 1] (binary, or soft as RIVAL10's) or None.
     soft_masks: `(N, H, W)` soft core masks in [0, 1] or None.
     boxes: `(N, 4)` int boxes `(y0, x0, y1, x1)`, half-open pixel ranges, or None.
     marker_masks: `(N, H, W)` binary masks of the marker cue or None.

@@ -48,6 +48,14 @@ SALIENT_SIGMA = 0.25
 REQUIRED_KEYS = ("clean_acc", "rfs", "core_acc", "spur_acc", "rcs", "bg_gap",
                  "worst_group_acc", "shift_drop")
 NOISE_MODES = ("gaussian", "l2")
+# RIVAL10's own noise protocol (mmoayeri/RIVAL10 compute_noise_robustness.py): "linf" mode is
+# Gaussian noise of std eps / 255, eps in {30, ..., 210} (= RFS_SIGMAS, as intended; the
+# official code divides by 255 twice, an effective std of eps / 65025, offered as
+# RFS_SIGMAS_OFFICIAL); "l2" mode rescales each masked noise to l2 norm eps per image,
+# eps in RFS_L2_RADII (mode "l2_abs" here; "l2" above is our energy-matched variant).
+RFS_SIGMAS_OFFICIAL = tuple(s / 65025.0 for s in range(30, 211, 30))
+RFS_L2_RADII = tuple(float(r) for r in range(25, 201, 25))
+RFS_MODES = NOISE_MODES + ("l2_abs",)
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 
@@ -110,20 +118,22 @@ def noisy_pair(noise: jax.Array, x: jax.Array, m: jax.Array, sigma: Any,
     x: `(B, H, W, C)` images in [0, 1].
     m: `(B, H, W)` mask in [0, 1] (binary or soft), broadcast over channels.
     sigma: scalar noise level (may be traced).
-    mode: "gaussian" or "l2" (static).
+    mode: "gaussian", "l2" or "l2_abs" (static); "l2_abs": each masked noise is rescaled
+      to l2 norm sigma per image (RIVAL10's official l2 mode, sigma in RFS_L2_RADII).
     l2_fraction: region fraction defining E in l2 mode.
 
   Returns:
     (x_in, x_out), both `(B, H, W, C)`: noise on m and noise on 1 - m.
   """
-  if mode not in NOISE_MODES:
-    raise ValueError(f"mode: must be one of {NOISE_MODES}, got {mode!r}")
+  if mode not in RFS_MODES:
+    raise ValueError(f"mode: must be one of {RFS_MODES}, got {mode!r}")
   m = m[..., None]
   d_in, d_out = m * noise, (1.0 - m) * noise
   if mode == "gaussian":
     d_in, d_out = sigma * d_in, sigma * d_out
   else:
-    energy = sigma * jnp.sqrt(l2_fraction * float(np.prod(x.shape[1:])))
+    energy = (sigma if mode == "l2_abs" else
+              sigma * jnp.sqrt(l2_fraction * float(np.prod(x.shape[1:]))))
 
     def rescale(d):
       norm = jnp.sqrt(jnp.sum(d * d, axis=(1, 2, 3), keepdims=True))
@@ -133,6 +143,17 @@ def noisy_pair(noise: jax.Array, x: jax.Array, m: jax.Array, sigma: Any,
 
     d_in, d_out = rescale(d_in), rescale(d_out)
   return jnp.clip(x + d_in, 0.0, 1.0), jnp.clip(x + d_out, 0.0, 1.0)
+
+
+def _sigma_key(sigmas: Sequence[float], i: int, mode: str) -> str:
+  """Per-level key: "r025" (l2_abs radius), "s030" (sigma * 255), or, when sigma * 255
+  values would collide (e.g. RFS_SIGMAS_OFFICIAL), "s030o" (sigma * 65025)."""
+  if mode == "l2_abs":
+    return f"r{round(float(sigmas[i])):03d}"
+  keys = [round(float(s) * 255) for s in sigmas]
+  if len(set(keys)) == len(keys):
+    return f"s{keys[i]:03d}"
+  return f"s{round(float(sigmas[i]) * 65025):03d}o"
 
 
 # --------------------------------------------------------------------------- machinery
@@ -293,17 +314,20 @@ def rfs(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, masks: Any,
     num_classes: K.
     sigmas: noise levels (default {30, ..., 210}/255).
     trials: noise draws per sigma.
-    mode: "gaussian" or "l2".
+    mode: "gaussian", "l2" or "l2_abs" (see `noisy_pair`; RIVAL10's official modes are
+      "gaussian" with RFS_SIGMAS (or RFS_SIGMAS_OFFICIAL) and "l2_abs" with RFS_L2_RADII).
     l2_fraction: defines the l2-mode energy (see `noisy_pair`).
     batch_size: evaluation batch size.
 
   Returns:
-    Keys (prefix `rfs` for gaussian, `rfs_l2` for l2): `<p>` summary RFS, `<p>_a_fg`,
-    `<p>_a_bg` (averaged over sigmas) and `<p>_s030`, ... per sigma (sigma * 255, rounded).
+    Keys (prefix `rfs` for gaussian, `rfs_l2` for l2, `rfs_l2abs` for l2_abs): `<p>`
+    summary RFS, `<p>_a_fg`, `<p>_a_bg` (averaged over sigmas) and one per level:
+    `<p>_s030`, ... (sigma * 255, rounded; `_s030o` = sigma * 65025 for
+    RFS_SIGMAS_OFFICIAL) or `<p>_r025`, ... (l2_abs radius).
   """
   _check_batch_size(batch_size)
-  if mode not in NOISE_MODES:
-    raise ValueError(f"mode: must be one of {NOISE_MODES}, got {mode!r}")
+  if mode not in RFS_MODES:
+    raise ValueError(f"mode: must be one of {RFS_MODES}, got {mode!r}")
   if not isinstance(trials, int) or trials < 1:
     raise ValueError(f"trials: must be a positive int, got {trials!r}")
   if not sigmas or any(float(s) < 0 for s in sigmas):
@@ -314,14 +338,14 @@ def rfs(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, masks: Any,
   if evalset_lib._shape(masks) != evalset_lib._shape(images)[:3]:
     raise ValueError(f"masks: expected shape {evalset_lib._shape(images)[:3]}, got "
                      f"{evalset_lib._shape(masks)}")
-  prefix = "rfs" if mode == "gaussian" else "rfs_l2"
+  prefix = {"gaussian": "rfs", "l2": "rfs_l2", "l2_abs": "rfs_l2abs"}[mode]
   out, a_fg, a_bg = {}, [], []
   for i, sigma in enumerate(sigmas):
     c_fg, c_bg = _pair_counters(jax.random.fold_in(key, i), model, images, lab, masks,
                                 num_classes, float(sigma), mode, trials, batch_size)
     a_fg.append(c_fg.balanced())
     a_bg.append(c_bg.balanced())
-    out[f"{prefix}_s{round(float(sigma) * 255):03d}"] = rfs_score(a_fg[-1], a_bg[-1])
+    out[f"{prefix}_{_sigma_key(sigmas, i, mode)}"] = rfs_score(a_fg[-1], a_bg[-1])
   out[f"{prefix}_a_fg"] = float(np.mean(a_fg))
   out[f"{prefix}_a_bg"] = float(np.mean(a_bg))
   out[prefix] = rfs_score(out[f"{prefix}_a_fg"], out[f"{prefix}_a_bg"])
@@ -490,8 +514,8 @@ def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
   if not callable(apply_fn):
     raise ValueError("apply_fn: must be callable images -> logits")
   for m in rfs_modes:
-    if m not in NOISE_MODES:
-      raise ValueError(f"rfs_modes: unknown mode {m!r}; known: {NOISE_MODES}")
+    if m not in RFS_MODES:
+      raise ValueError(f"rfs_modes: unknown mode {m!r}; known: {RFS_MODES}")
   _check_batch_size(batch_size)
   if data.class_map is not None:
     # The one hook for class maps: every protocol scores the mapped predictions, in which

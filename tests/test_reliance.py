@@ -263,3 +263,24 @@ def test_rfs_by_hand_with_a_mask_reading_classifier():
     reliance.salient(jax.random.key(0), apply_fn, images, labels, masks, 3, trials=2)
   with pytest.raises(ValueError, match="masks"):
     reliance.rfs(jax.random.key(0), apply_fn, images, labels, masks[:, :4], 3)
+
+
+def test_rival10_official_l2_mode_and_keys():
+  """l2_abs: each masked noise has l2 norm exactly sigma per image (RIVAL10's l2 mode),
+  before clipping; per-level keys name the radius, and the double-divided sigmas get their
+  own keys."""
+  k1, k2 = jax.random.split(jax.random.key(np.random.randint(2**31)))
+  x = jnp.full((3, 8, 8, 3), 0.5)
+  m = (jax.random.uniform(k1, (3, 8, 8)) < 0.3).astype(jnp.float32)
+  noise = jax.random.normal(k2, x.shape)
+  x_in, x_out = reliance.noisy_pair(noise, x, m, 0.4, "l2_abs")
+  for got, region in ((x_in, m), (x_out, 1 - m)):
+    d = np.asarray(got - x)
+    np.testing.assert_allclose(np.sqrt((d ** 2).sum((1, 2, 3))), 0.4, rtol=1e-5)
+    assert np.all(d[np.asarray(region) == 0] == 0)
+  radii = reliance.RFS_L2_RADII
+  assert [reliance._sigma_key(radii, i, "l2_abs") for i in (0, 7)] == ["r025", "r200"]
+  official = reliance.RFS_SIGMAS_OFFICIAL
+  assert [reliance._sigma_key(official, i, "gaussian") for i in (0, 6)] == ["s030o", "s210o"]
+  assert reliance._sigma_key(reliance.RFS_SIGMAS, 1, "gaussian") == "s060"
+  assert reliance.RFS_L2_RADII == (25.0, 50.0, 75.0, 100.0, 125.0, 150.0, 175.0, 200.0)
