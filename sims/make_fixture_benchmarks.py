@@ -188,10 +188,9 @@ def run(config: Mapping[str, Any], workdir: str) -> dict[str, Any]:
   io.write_json(os.path.join(workdir, "fixtures.json"), out)
   _common.write_manifest(workdir, config=dict(config), seed=int(config["seed"]),
                          wall_time_s=time.perf_counter() - start,
-                         outputs=["fixtures.json", "checkpoints/"] + sorted(
-                             os.path.basename(p) for p in paths.values()
-                             if os.path.dirname(p) == os.path.abspath(workdir)
-                             or os.path.dirname(p) == workdir))
+                         outputs=["fixtures.json", "truth.json", "checkpoints/"] + sorted(
+                             os.path.relpath(p, workdir) + ("/" if os.path.isdir(p) else "")
+                             for p in paths.values()))
   return out
 
 
@@ -222,7 +221,8 @@ def main(argv):
     out = run(config, flags.FLAGS.workdir)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  logging.info("fixture written; evaluate it with:\n%s", out["command"])
+  logging.info("fixture written under %s; its sims.pretrained_reliance command follows",
+               flags.FLAGS.workdir)
   print(out["command"])
 
 

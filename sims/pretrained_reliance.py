@@ -85,6 +85,12 @@ OWNED = {
                    "wb_acc_g3", "waterbirds_acc"),
     "rival10": ("rfs", "rfs_l2", "rfs_a_fg", "rfs_a_bg", "rival10_acc"),
 }
+# The EvalSet parts each benchmark's protocol reads (the others are dropped, so that e.g.
+# ImageNet-9's foreground masks do not start an RFS run that no column reports).
+PARTS = {"imagenet": (), "in9": ("variants",), "salient": ("soft_masks", "marker_masks"),
+         "objectnet": ("shifted",), "waterbirds": ("groups",), "rival10": ("masks",)}
+OPTIONAL_PARTS = ("masks", "soft_masks", "boxes", "marker_masks", "variants",
+                  "variant_sources", "groups", "shifted")
 # Probe benchmarks: (train split, eval split, number of classes).
 PROBES = {"waterbirds": (0, 2, 2), "rival10": ("train", "test", 10)}
 
@@ -103,11 +109,11 @@ TITLES = {"clean_acc": "clean accuracy (ImageNet val)",
 _DEFAULT = dict(batch_size=64, max_images=0, max_train=0, n_robust=500, pgd_steps=20,
                 attack_norms="l2,linf", eps_eval_l1=75.0, eps_eval_l2=3.0, eps_eval_linf=4.0,
                 autoattack_version="standard", rfs_sigmas="", rfs_modes="gaussian,l2",
-                salient_trials=5, eval_seed=1234)
+                salient_trials=5, probe_l2="", eval_seed=1234)
 PRESETS = {"default": _DEFAULT,
            "small": dict(_DEFAULT, batch_size=8, max_images=8, max_train=16, n_robust=4,
                          pgd_steps=2, attack_norms="linf", autoattack_version="fast",
-                         rfs_sigmas="90,180", rfs_modes="gaussian")}
+                         rfs_sigmas="90,180", rfs_modes="gaussian", probe_l2="0.001")}
 CONFIG_FLAGS = tuple(_DEFAULT)
 PATH_FLAGS = ("checkpoints", "models_csv", "in9", "waterbirds", "rival10", "salient_masks",
               "imagenet", "salient_annotations", "objectnet")
@@ -298,34 +304,49 @@ class Backend:
     raise ValueError(f"benchmark: unknown {name!r}; known {BENCHMARKS}")
 
   def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int, *,
-               seed: int) -> tuple[np.ndarray, np.ndarray]:
+               seed: int, l2_grid: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray]:
     """A linear probe `(W (D, K), b (K,))` on frozen features: `spurjax.probe.fit_probe`
-    (multinomial logistic regression, L2 penalty chosen on a validation split)."""
+    (multinomial logistic regression, L2 penalty chosen on a validation split from
+    `l2_grid`, default `probe.DEFAULT_L2_GRID`)."""
     import jax
     from spurjax import probe
+    grid = tuple(l2_grid) or probe.DEFAULT_L2_GRID
     res = probe.fit_probe(jax.random.key(seed), None, None, np.asarray(labels, np.int64),
-                          num_classes=num_classes, features=features)
+                          num_classes=num_classes, features=features, l2_grid=grid)
     return np.asarray(res.weight), np.asarray(res.bias)
 
   def attacks(self) -> dict[str, Callable]:
-    """name -> `attack(key, logits_fn, x, y, *, norm, eps, config)` adversarial batch."""
+    """name -> factory `(model, logits_fn, *, norm, eps, config) -> attack`, where
+    `attack(key, x, y)` maps a batch `(B, H, W, 3)`, `(B,)` to adversarial images."""
     from spurjax import attacks
-    out = {"pgd": _pgd_attack}
-    if hasattr(attacks, "autoattack"):
-      out["aa"] = _autoattack
+    out = {"pgd": pgd_attack}
+    try:
+      attacks.autoattack  # noqa: B018  (resolved lazily where spurjax has it)
+    except AttributeError:
+      return out
+    out["aa"] = autoattack_attack
     return out
 
 
-def _pgd_attack(key, logits_fn, x, y, *, norm, eps, config):
+def pgd_attack(model, logits_fn, *, norm, eps, config):
+  """`pgd_steps`-step PGD (cross-entropy, random start, step 2.5 eps / steps), jitted."""
+  import jax
   from spurjax import attacks
-  return attacks.pgd(key, attacks.make_loss_fn(logits_fn), x, y, norm=norm, eps=eps,
-                     steps=int(config["pgd_steps"]))
+  loss_fn = attacks.make_loss_fn(logits_fn)
+  steps = int(config["pgd_steps"])
+  return jax.jit(lambda k, x, y: attacks.pgd(k, loss_fn, x, y, norm=norm, eps=eps,
+                                             steps=steps))
 
 
-def _autoattack(key, logits_fn, x, y, *, norm, eps, config):
+def autoattack_attack(model, logits_fn, *, norm, eps, config):
+  """`spurjax.attacks.autoattack` (`autoattack_version`). An NNX model is passed whole, so
+  models of one architecture share one compiled program."""
+  from flax import nnx
   from spurjax import attacks
-  return attacks.autoattack(key, logits_fn, x, y, norm=norm, eps=eps,
-                            version=config["autoattack_version"])
+  target = model if isinstance(model, nnx.Module) else logits_fn
+  return lambda k, x, y: attacks.autoattack(k, target, x, y, norm=norm, eps=eps,
+                                            version=config["autoattack_version"],
+                                            batch_size=int(config["batch_size"]))
 
 
 def imagenet_val_dir(root: str | None) -> str | None:
@@ -401,29 +422,44 @@ def compute_features(features_fn: Callable, images: Any, batch_size: int) -> np.
 
 
 def robust_accuracy(key, logits_fn: Callable, attack: Callable, images: Any, labels: Any, *,
-                    norm: str, eps: float, config: Mapping[str, Any]) -> float:
-  """Accuracy of `logits_fn` on `attack(...)`'s adversarial images (padded batches)."""
+                    batch_size: int, index: np.ndarray | None = None) -> float:
+  """Accuracy of `logits_fn` on `attack`'s adversarial images.
+
+  Args:
+    key: PRNG key; batch b is attacked with fold_in(key, b).
+    logits_fn: `(B, H, W, 3) -> (B, C)`.
+    attack: `attack(key, x (B, H, W, 3), y (B,)) -> x_adv (B, H, W, 3)`.
+    images: `(N, H, W, 3)` in [0, 1], array or lazy (read batch by batch, so memory stays
+      at one batch); labels: `(N,)`.
+    batch_size: rows per attacked batch (the last one zero-padded, so one compilation).
+    index: rows of `images` to attack (default all).
+
+  Returns:
+    The fraction of attacked rows whose adversarial image is still classified correctly.
+  """
   import jax
   import jax.numpy as jnp
-
-  @jax.jit
-  def correct(k, x, y):
-    adv = attack(k, logits_fn, x, y, norm=norm, eps=eps, config=config)
-    return jnp.argmax(logits_fn(adv), axis=-1) == y
-
-  bs = int(config["batch_size"])
+  predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
   labels = np.asarray(labels).astype(np.int32)
+  index = np.arange(labels.shape[0]) if index is None else np.asarray(index)
   hits = 0
-  for b, (start, stop) in enumerate(_batches(labels.shape[0], bs)):
-    x = _pad(np.asarray(images[start:stop], np.float32), bs)
-    y = _pad(labels[start:stop], bs)
-    hits += int(np.asarray(correct(jax.random.fold_in(key, b), x, y))[:stop - start].sum())
-  return hits / max(labels.shape[0], 1)
+  for b, (start, stop) in enumerate(_batches(index.shape[0], batch_size)):
+    rows = index[start:stop]
+    x = _pad(np.asarray(images[rows], np.float32), batch_size)
+    y = _pad(labels[rows], batch_size)
+    adv = attack(jax.random.fold_in(key, b), x, y)
+    pred = np.asarray(predict(jnp.asarray(adv, jnp.float32)))[:stop - start]
+    hits += int((pred == y[:stop - start]).sum())
+  return hits / max(index.shape[0], 1)
 
 
 def eval_radius(config: Mapping[str, Any], norm: str) -> float:
   """The evaluation radius of `norm` in pixel units (l_inf flag in units of 1/255)."""
   return float(config[f"eps_eval_{norm}"]) / (255.0 if norm == "linf" else 1.0)
+
+
+def _floats(text: Any) -> tuple[float, ...]:
+  return tuple(float(v) for v in str(text).split(",") if v.strip())
 
 
 def _norms(config) -> list[str]:
@@ -485,6 +521,7 @@ class _Runner:
     ident = json.dumps({"model": _file_id(entry.path),
                         "train": self.roots[bench], "split": train_split,
                         "max_train": int(self.config["max_train"]),
+                        "probe_l2": str(self.config["probe_l2"]),
                         "seed": int(self.config["eval_seed"])}, sort_keys=True)
     if os.path.exists(path):
       with np.load(path) as z:
@@ -494,7 +531,8 @@ class _Runner:
     feats = compute_features(self.fn(entry, "features"), es.images,
                              int(self.config["batch_size"]))
     w, b = self.backend.fit_head(feats, np.asarray(es.labels), k,
-                                 seed=int(self.config["eval_seed"]))
+                                 seed=int(self.config["eval_seed"]),
+                                 l2_grid=_floats(self.config["probe_l2"]))
     w, b = np.asarray(w, np.float32), np.asarray(b, np.float32)
     if w.shape != (feats.shape[1], k) or b.shape != (k,):
       raise ValueError(f"probe head of {entry.name} on {bench}: shapes {w.shape}, {b.shape}, "
@@ -514,12 +552,13 @@ class _Runner:
       out = dict(reliance.clean_accuracy(logits_fn, es.images, es.labels, es.num_classes,
                                          batch_size=min(int(cfg["batch_size"]), len(es))))
       idx = _spread(len(es), int(cfg["n_robust"]))
-      x, y = np.asarray(es.images[idx], np.float32), np.asarray(es.labels)[idx]
-      for name, attack in self.backend.attacks().items():
+      for name, factory in self.backend.attacks().items():
         for norm in _norms(cfg):
+          attack = factory(model, logits_fn, norm=norm, eps=eval_radius(cfg, norm),
+                           config=cfg)
           out[f"{name}_acc_{norm}"] = robust_accuracy(
-              self.key(name, norm), logits_fn, attack, x, y, norm=norm,
-              eps=eval_radius(cfg, norm), config=cfg)
+              self.key(name, norm), logits_fn, attack, es.images, es.labels,
+              batch_size=int(cfg["batch_size"]), index=idx)
       return out
     if bench in PROBES:
       import jax.numpy as jnp
@@ -530,6 +569,8 @@ class _Runner:
     else:
       apply_fn = self.fn(entry, "logits")
     es = self.evalset(bench, PROBES[bench][1] if bench in PROBES else None)
+    es = dataclasses.replace(es, **{p: None for p in OPTIONAL_PARTS
+                                    if p not in PARTS[bench] and getattr(es, p) is not None})
     out = dict(reliance.evaluate(self.key(bench), apply_fn, es, **_reliance_kwargs(cfg)))
     if bench == "rival10":
       out["rival10_acc"] = out["clean_acc"]
@@ -547,7 +588,7 @@ def _item_key(config, entry: ModelEntry, bench: str, roots) -> dict[str, Any]:
   if bench in ("rival10", "salient"):
     keys += ["rfs_sigmas", "rfs_modes", "salient_trials"]
   if bench in PROBES:
-    keys += ["max_train"]
+    keys += ["max_train", "probe_l2"]
   bench_roots = {"imagenet": ("imagenet",), "in9": ("in9",),
                  "salient": ("salient_masks", "imagenet", "salient_annotations"),
                  "objectnet": ("objectnet", "imagenet"), "waterbirds": ("waterbirds",),
@@ -768,6 +809,8 @@ def define_flags() -> None:
                       "(empty: 30, 60, ..., 210).")
   flags.DEFINE_string("rfs_modes", None, "RFS modes: gaussian, l2 (comma-separated).")
   flags.DEFINE_integer("salient_trials", None, "Salient noise trials (>= 5).", lower_bound=5)
+  flags.DEFINE_string("probe_l2", None, "Probe L2 penalties to choose from, comma-separated "
+                      "(empty: spurjax.probe.DEFAULT_L2_GRID).")
   flags.DEFINE_integer("eval_seed", None, "Seed of the noise, attacks and probes.",
                        lower_bound=0)
 
@@ -788,6 +831,12 @@ def check_config(config: Mapping[str, Any]) -> None:
     raise ValueError(f"--rfs_sigmas: numbers in /255, got {config['rfs_sigmas']!r}") from None
   if any(not 0 < s <= 255 for s in sig):
     raise ValueError(f"--rfs_sigmas: each in (0, 255], got {config['rfs_sigmas']!r}")
+  try:
+    grid = _floats(config["probe_l2"])
+  except ValueError:
+    raise ValueError(f"--probe_l2: numbers, got {config['probe_l2']!r}") from None
+  if any(not np.isfinite(v) or v < 0 for v in grid):
+    raise ValueError(f"--probe_l2: finite penalties >= 0, got {config['probe_l2']!r}")
 
 
 def main(argv):

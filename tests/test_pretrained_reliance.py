@@ -172,7 +172,7 @@ class FakeBackend(pr.Backend):
       return type(es)(images=es.images, labels=es.labels, num_classes=K, shifted=es.shifted)
     return type(es)(images=es.images, labels=es.labels, num_classes=K)
 
-  def fit_head(self, features, labels, num_classes, *, seed):
+  def fit_head(self, features, labels, num_classes, *, seed, l2_grid=()):
     self.calls["fit_head"] += 1
     y = np.eye(num_classes)[labels]
     a = np.concatenate([features, np.ones((len(features), 1))], 1)
@@ -183,23 +183,27 @@ class FakeBackend(pr.Backend):
     return {"pgd": fgsm}
 
 
-def fgsm(key, logits_fn, x, y, *, norm, eps, config):
+def fgsm(model, logits_fn, *, norm, eps, config):
   """A one-step attack (the real PGD runs in the end-to-end test): x + eps d(g), d the
   steepest-ascent unit direction of `norm` for the cross-entropy gradient g."""
   from spurjax import attacks
-  g = jax.grad(lambda z: attacks.make_loss_fn(logits_fn)(z, y).sum())(x)
-  if norm == "linf":
-    d = jnp.sign(g)
-  else:
-    d = g / jnp.maximum(jnp.sqrt(jnp.sum(g * g, axis=(1, 2, 3), keepdims=True)), 1e-12)
-  return jnp.clip(x + eps * d, 0.0, 1.0)
+
+  def attack(key, x, y):
+    g = jax.grad(lambda z: attacks.make_loss_fn(logits_fn)(z, y).sum())(x)
+    if norm == "linf":
+      d = jnp.sign(g)
+    else:
+      d = g / jnp.maximum(jnp.sqrt(jnp.sum(g * g, axis=(1, 2, 3), keepdims=True)), 1e-12)
+    return jnp.clip(x + eps * d, 0.0, 1.0)
+
+  return jax.jit(attack)
 
 
 CONFIG = dict(pr.PRESETS["small"], max_images=12, attack_norms="l2,linf")
 
 # The small preset's item settings, pinned so that a change is a deliberate one.
 SMALL = dict(batch_size=8, max_images=8, max_train=16, n_robust=4, pgd_steps=2,
-             attack_norms="linf", rfs_sigmas="90,180", rfs_modes="gaussian")
+             attack_norms="linf", rfs_sigmas="90,180", rfs_modes="gaussian", probe_l2="0.001")
 
 
 def _fake_setup(tmp_path, benches=("in9", "waterbirds", "rival10", "salient_masks",
