@@ -14,6 +14,8 @@ Modules:
   loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet, read as published.
   fixture_trees: small trees in those five published layouts, drawn from `data`.
   attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
+  imagenet_models, pretrained, probe: torchvision-exact ImageNet ResNets, safe import of
+    PyTorch checkpoints (robustness library, RobustBench, torchvision), linear probes.
 """
 
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -129,18 +130,30 @@ class ResNetSpec:
     return cls(**{**d, "planes": tuple(d.get("planes", DEFAULT_PLANES))})
 
 
+def _np_zeros(key, shape, dtype=np.float32):
+  """Initializer for skeleton models (`init=False`): NumPy zeros, no JAX op, no RNG use."""
+  del key
+  return np.zeros(shape, dtype)
+
+
+# Set while building a skeleton: every initializer returns NumPy zeros (values are about to
+# be replaced by a checkpoint's, and random init of 25-70M parameters costs seconds).
+_SKELETON = [False]
+
+
 def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
   """Bias-free conv with torch's symmetric padding `k // 2` (1x1: 0, 3x3: 1, 7x7: 3)."""
   p = k // 2
+  init = (_np_zeros if _SKELETON[0]
+          else nnx.initializers.variance_scaling(2.0, "fan_out", "normal"))
   return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
-                  use_bias=False,
-                  kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                  rngs=rngs)
+                  use_bias=False, kernel_init=init, rngs=rngs)
 
 
-def _bn(c: int, rngs: nnx.Rngs, zero: bool = False) -> nnx.BatchNorm:
+def _bn(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(c, epsilon=BN_EPS, momentum=BN_MOMENTUM,
-                       scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones,
+                       scale_init=_np_zeros if _SKELETON[0] else nnx.initializers.ones,
+                       bias_init=_np_zeros if _SKELETON[0] else nnx.initializers.zeros,
                        rngs=rngs)
 
 
@@ -214,7 +227,9 @@ class ImageNetResNet(nnx.Module):
           blocks.append(Bottleneck(cin, spec.planes[i], spec.mid_widths[i], stride, rngs=rngs))
         cin = spec.planes[i] * spec.expansion
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
-    self.fc = nnx.Linear(cin, spec.num_classes, rngs=rngs)
+    self.fc = (nnx.Linear(cin, spec.num_classes, kernel_init=_np_zeros, bias_init=_np_zeros,
+                          rngs=rngs) if _SKELETON[0]
+               else nnx.Linear(cin, spec.num_classes, rngs=rngs))
 
   def features(self, x: jax.Array) -> jax.Array:
     """Pooled penultimate features `(B, num_features)` of images `(B, H, W, 3)` in [0, 1]."""
@@ -250,6 +265,16 @@ def imagenet_resnet(arch: str, num_classes: int = 1000, *, rngs: nnx.Rngs,
   """
   return ImageNetResNet(ResNetSpec(arch, num_classes, stem_width, tuple(planes),
                                    width_per_group), rngs=rngs)
+
+
+def skeleton(spec: ResNetSpec) -> ImageNetResNet:
+  """An `ImageNetResNet` for `spec` with all-zero parameters, built without JAX random ops
+  (fast; for loading a checkpoint's values into it)."""
+  _SKELETON[0] = True
+  try:
+    return ImageNetResNet(spec, rngs=nnx.Rngs(0))
+  finally:
+    _SKELETON[0] = False
 
 
 def suite_builder(arch: str):

@@ -288,15 +288,20 @@ def _read_zip(path: str) -> Any:
     names = zf.namelist()
   except (zipfile.BadZipFile, OSError, EOFError) as e:
     raise ValueError(f"{path}: not a readable zip checkpoint (truncated?): {e}") from None
-  if not names:
-    raise ValueError(f"{path}: empty zip archive, not a torch checkpoint")
-  prefix = names[0].split("/", 1)[0]
-  pkl = f"{prefix}/data.pkl"
-  if pkl not in names:
-    raise ValueError(f"{path}: zip archive without {pkl!r}: not a torch checkpoint")
-  byteorder = "little"
-  if f"{prefix}/byteorder" in names:
-    byteorder = zf.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
+  with zf:
+    if not names:
+      raise ValueError(f"{path}: empty zip archive, not a torch checkpoint")
+    prefix = names[0].split("/", 1)[0]
+    pkl = f"{prefix}/data.pkl"
+    if pkl not in names:
+      raise ValueError(f"{path}: zip archive without {pkl!r}: not a torch checkpoint")
+    byteorder = "little"
+    if f"{prefix}/byteorder" in names:
+      byteorder = zf.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
+    return _read_zip_records(path, zf, names, prefix, pkl, byteorder)
+
+
+def _read_zip_records(path, zf, names, prefix, pkl, byteorder):
   mm = _mmap(path)
   buffers: dict[str, np.ndarray] = {}
 
@@ -502,14 +507,15 @@ def extract_state_dict(obj: Any, path: str = "<checkpoint>"
     from `normalizer.new_mean/new_std` or `normalize.mean/std`, or None; ignored keys.
   """
   for _ in range(4):
+    # Wrapper keys first: a robustness dict may hold 0-d tensors (e.g. `nat_prec1`) next to
+    # `model`, so "has a tensor value" does not make it a state dict.
+    inner = [k for k in ("model", "state_dict", "model_state_dict")
+             if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+    if inner:
+      obj = obj[inner[0]]
+      continue
     if _is_state_dict(obj):
       break
-    if isinstance(obj, Mapping):
-      inner = [k for k in ("model", "state_dict", "model_state_dict") if k in obj
-               and isinstance(obj[k], Mapping)]
-      if inner:
-        obj = obj[inner[0]]
-        continue
     raise ValueError(f"{path}: no state dict found (expected a dict of tensors, or one "
                      f"under 'model' or 'state_dict'); top level is {_describe(obj)}")
   sd = {k: v for k, v in obj.items()}
@@ -612,7 +618,7 @@ def model_from_state_dict(sd: Mapping[str, np.ndarray], spec: imagenet_models.Re
   import jax.numpy as jnp
   from flax import nnx
 
-  abstract = nnx.eval_shape(lambda: imagenet_models.ImageNetResNet(spec, rngs=nnx.Rngs(0)))
+  abstract = imagenet_models.skeleton(spec)
   graphdef, state = nnx.split(abstract)
   flat = nnx.to_flat_state(state)
   expected = {}
@@ -745,7 +751,7 @@ def _read_native(path: str):
     spec = imagenet_models.ResNetSpec.from_dict(header["spec"])
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(f"{path}: bad spurjax header: {e}") from None
-  abstract = nnx.eval_shape(lambda: imagenet_models.ImageNetResNet(spec, rngs=nnx.Rngs(0)))
+  abstract = imagenet_models.skeleton(spec)
   graphdef, state = nnx.split(abstract)
   flat = nnx.to_flat_state(state)
   names = {".".join(str(q) for q in p): (p, v) for p, v in flat}
@@ -918,3 +924,67 @@ def _le_bytes(a: np.ndarray) -> memoryview | bytes:
   if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big"):
     a = a.byteswap()
   return a.reshape(-1).view(np.uint8).data
+
+
+# -------------------------------------------------------------------- folder conversion
+
+CHECKPOINT_SUFFIXES = (".pth.tar", ".ckpt", ".pth", ".pt", ".tar", ".safetensors")
+
+
+def native_name(filename: str) -> str:
+  """`resnet50_l2_eps3.ckpt` -> `resnet50_l2_eps3.safetensors` (known suffix replaced)."""
+  for suffix in CHECKPOINT_SUFFIXES:
+    if filename.endswith(suffix):
+      return filename[:-len(suffix)] + ".safetensors"
+  return filename + ".safetensors"
+
+
+def convert_folder(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
+                   overwrite: bool = False, progress=None) -> list[dict]:
+  """Converts every checkpoint in `src` (not recursive) to the native format in `dst`.
+
+  Files whose native output already exists are skipped (unless `overwrite`); each output
+  is written atomically, so an interrupted run leaves only complete files and a rerun
+  resumes. A file that fails to load is reported, not fatal.
+
+  Args:
+    src: folder of `.pt/.pth/.ckpt/.pth.tar/.tar/.safetensors` checkpoints.
+    dst: output folder (created; may equal `src`, native outputs are never inputs).
+    arch: expected architecture of every file, or None to infer per file.
+    overwrite: convert even if the output exists.
+    progress: optional callable `(i, n, row)` called after each file.
+
+  Returns:
+    One dict per file: `source, output, status` ("converted", "skipped" or "error"),
+    `arch, num_classes, seconds, source_mb, error`.
+  """
+  import time
+  src, dst = os.fspath(src), os.fspath(dst)
+  if not os.path.isdir(src):
+    raise ValueError(f"src: {src} is not a directory")
+  names = sorted(n for n in os.listdir(src)
+                 if n.endswith(CHECKPOINT_SUFFIXES) and not n.startswith(".")
+                 and os.path.isfile(os.path.join(src, n)))
+  if os.path.abspath(src) == os.path.abspath(dst):
+    outputs = {native_name(n) for n in names if not n.endswith(".safetensors")}
+    names = [n for n in names if n not in outputs]
+  rows = []
+  for i, name in enumerate(names):
+    path, out = os.path.join(src, name), os.path.join(dst, native_name(name))
+    row = {"source": name, "output": os.path.basename(out), "status": "skipped", "arch": "",
+           "num_classes": "", "seconds": 0.0,
+           "source_mb": round(os.path.getsize(path) / 2**20, 2), "error": ""}
+    if overwrite or not os.path.exists(out):
+      t0 = time.perf_counter()
+      try:
+        model = load(path, arch)
+        save(model, out)
+        row.update(status="converted", arch=model.spec.arch,
+                   num_classes=model.spec.num_classes)
+      except ValueError as e:
+        row.update(status="error", error=str(e))
+      row["seconds"] = round(time.perf_counter() - t0, 2)
+    rows.append(row)
+    if progress is not None:
+      progress(i + 1, len(names), row)
+  return rows

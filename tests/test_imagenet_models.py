@@ -104,7 +104,7 @@ def test_features_eval_view_and_normalizer():
   an example do not depend on the batch, and the normalizer's values matter."""
 
   def run(x):
-    m = models.imagenet_resnet("resnet50", 7, rngs=nnx.Rngs(0), stem_width=4,
+    m = models.imagenet_resnet("resnet18", 7, rngs=nnx.Rngs(0), stem_width=4,
                                planes=(2, 2, 2, 4))
     view = models.eval_view(m)
     feats, logits = view.features(x), view(x)
@@ -114,7 +114,7 @@ def test_features_eval_view_and_normalizer():
 
   x = jax.random.uniform(jax.random.key(0), (3, 32, 32, 3))
   feats, logits, from_feats, alone, renormed = jax.jit(run)(x)
-  assert feats.shape == (3, 16) and logits.shape == (3, 7)
+  assert feats.shape == (3, 4) and logits.shape == (3, 7)
   np.testing.assert_allclose(np.asarray(from_feats), np.asarray(logits), atol=1e-5)
   np.testing.assert_allclose(np.asarray(alone), np.asarray(logits[:1]), atol=1e-5)
   assert np.abs(np.asarray(renormed - logits)).max() > 1e-4
@@ -141,9 +141,9 @@ def test_trainable_with_spurjax_train(tmp_path):
   y = jax.random.randint(key, (16,), 0, 2)
   # Class = overall brightness: learnable in a few steps.
   x = jnp.clip(0.3 + 0.4 * y[:, None, None, None]
-               + 0.1 * jax.random.normal(key, (16, 24, 24, 3)), 0, 1)
+               + 0.1 * jax.random.normal(key, (16, 16, 16, 3)), 0, 1)
   cfg = train.TrainConfig(arch="imagenet_resnet18", num_classes=2, width=2,
-                          image_shape=(24, 24, 3), steps=8, batch_size=16, lr=0.05,
+                          image_shape=(16, 16, 3), steps=6, batch_size=16, lr=0.05,
                           optimizer="adam", schedule="constant", weight_decay=0.0,
                           adv_steps=0, checkpoint_every=100, log_every=1)
   res = train.train(cfg, str(tmp_path), lambda k, s: (x, y))
