@@ -1,7 +1,7 @@
 """The evaluation-set structure shared by the procedural generator and the real loaders.
 
-An `EvalSet` carries everything the five background-reliance protocols of
-`../shared/BENCHMARKS.md` need. Only `images`, `labels` and `num_classes` are required; every
+An `EvalSet` carries everything the five background-reliance protocols (docs/benchmarks.md)
+need. Only `images`, `labels` and `num_classes` are required; every
 other part is optional, and `spurjax.reliance.evaluate` reports the protocols whose inputs are
 absent as missing (`None`), never as 0.
 

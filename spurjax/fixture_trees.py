@@ -11,8 +11,7 @@ commands) run anywhere:
 - RIVAL10: `{train,test}/ordinary/<wnid>_<wnid>_<n>.JPEG` with the sibling files
   `_merged_mask.JPEG`, `_attr_labels.npy` and `_attr_dict.pkl` beside each image, soft
   JPEG entire-object masks, and every third image grayscale; wnids are real RIVAL10 wnids.
-- Salient ImageNet: `wordnet_dict.py` (a dict literal after a statement that raises if the
-  file is ever executed), `<wnid>/image_names_map.csv`, 224 x 224 soft masks
+- Salient ImageNet: `wordnet_dict.py` (a bare dict literal), `<wnid>/image_names_map.csv`, 224 x 224 soft masks
   `<wnid>/feature_<k>/<image>.JPEG` drawn in the resize-256/center-crop-224 frame of
   ImageNet-train-style images of assorted sizes and aspect ratios, core features on the
   object and spurious ones on the background, and `discover_spurious_features.csv` with five
@@ -211,7 +210,7 @@ def write_rival10(root: str, key: jax.Array, *, per_class: int = 2, image_size: 
         _save(os.path.join(img_dir, stem + "_merged_mask.JPEG"), es.masks[i], "JPEG",
               size=size, quality=90)
         np.save(os.path.join(img_dir, stem + "_attr_labels.npy"),
-                rng.integers(0, 2, 18).astype(np.float32))
+                rng.integers(0, 2, (2, 18)).astype(np.float32))   # attrs, changed attrs
         with open(os.path.join(img_dir, stem + "_attr_dict.pkl"), "wb") as f:
           pickle.dump({"attr": rng.integers(0, 2, 18).tolist()}, f)
         _save(os.path.join(tmp, split, "entire_object_masks", stem + ".JPEG"),
@@ -264,9 +263,8 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
       raise ValueError(f"{d} already exists; fixture trees are written fresh")
   with _AtomicTree(mask_root) as mtmp, _AtomicTree(imagenet_root) as itmp:
     with open(os.path.join(mtmp, "wordnet_dict.py"), "w") as f:
-      f.write("raise RuntimeError('wordnet_dict.py is data: it must never be executed')\n")
-      f.write("wordnet_dict = {\n" + "".join(f"  {c}: '{wnids[c]}',\n" for c in classes) +
-              "}\n")
+      # A bare dict literal, as published (the official code eval()s it; we parse it).
+      f.write("{\n" + "".join(f"  {c}: '{wnids[c]}',\n" for c in classes) + "}\n")
     for c_pos, c in enumerate(classes):
       wnid = wnids[c]
       names = []
@@ -280,7 +278,7 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
         m = np.asarray(es.masks[i], np.float32)
         soft = up(m)   # Bilinear upsampling and JPEG make the object mask soft at its edge.
         half = soft * (np.arange(mask_size)[:, None] < mask_size // 2)   # Top of the object.
-        bg = np.clip(1.0 - up(m, Image.NEAREST) - 0.0, 0, 1) * 0.8
+        bg = (1.0 - up(m, Image.NEAREST)) * 0.8                     # The background.
         patch = np.zeros_like(soft)
         patch[:mask_size // 6, :mask_size // 6] = 1.0
         for k, mask in ((0, soft), (1, bg), (2, half), (3, patch)):
@@ -290,7 +288,8 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
       with open(os.path.join(mtmp, wnid, "image_names_map.csv"), "w") as f:
         f.write("0,1,2,3\n" + "".join(f"{n},{n},{n},{n}\n" for n in names))
       for k, spurious in ((0, 0), (1, 4), (2, 2), (3, 3)):
-        votes = ["background"] * spurious + ["main_object"] * (5 - spurious)
+        votes = (["separate_object", "background"] * 3)[:spurious] + ["main_object"] * (
+            5 - spurious)
         for v in rng.permutation(votes):
           answers.append({"HITId": f"h{len(answers)}", "WorkerId": f"w{rng.integers(1e6)}",
                           "Input.wordnet_id": wnid, "Input.class_index": c,

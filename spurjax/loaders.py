@@ -49,8 +49,10 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+from concurrent.futures import ThreadPoolExecutor
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import threading
@@ -144,15 +146,16 @@ class DecodeCache:
         self.used += value.nbytes
 
 
-_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_ARRAY_IDS = itertools.count()  # Cache keys: unique per LazyArray (id() may be reused).
 _POOLS_LOCK = threading.Lock()
 
 
-def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+def _pool(workers: int) -> ThreadPoolExecutor:
   with _POOLS_LOCK:
     if workers not in _POOLS:
-      _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
-          max_workers=workers, thread_name_prefix="spurjax-decode")
+      _POOLS[workers] = ThreadPoolExecutor(max_workers=workers,
+                                           thread_name_prefix="spurjax-decode")
     return _POOLS[workers]
 
 
@@ -186,13 +189,14 @@ class LazyArray:
     self.workers = _workers(num_workers)
     self.prefetch = prefetch
     self._pending: dict[int, concurrent.futures.Future] = {}
+    self._uid = next(_ARRAY_IDS)
     self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return self.shape[0]
 
   def _decode(self, i: int) -> np.ndarray:
-    key = (id(self), i)
+    key = (self._uid, i)
     hit = self.cache.get(key)
     if hit is not None:
       return hit
@@ -632,7 +636,10 @@ def load_rival10(root: str, *, split: str = "test", model_classes: str = "rival1
   Images are the files of `<split>/ordinary/` with an image extension whose name does not
   contain "merged_mask"; grayscale images become RGB. `masks` `(N, size, size)` in [0, 1]
   are the entire-object masks (same file name), resized like the images and kept soft as in
-  the official noise protocol (`mask_mode="binary"` thresholds at 0.5 before resizing). With
+  the official noise protocol (`mask_mode="binary"` thresholds at 0.5 before resizing).
+  Under the default "squash" image and mask are each resized to (size, size), as the
+  official reader does, so a mask may be stored at another size; any other `preprocess`
+  requires masks of their image's size. With
   `model_classes="imagenet1k"` the set carries a `ClassMap` (mode max): RIVAL10 class score
   = max over the logits of its two ImageNet classes (index = sorted wnid position).
 
@@ -673,10 +680,14 @@ def load_rival10(root: str, *, split: str = "test", model_classes: str = "rival1
       raise ValueError(f"{p}: class {w2c[wnid]!r} (wnid {wnid}) not in label_mappings.json")
     labels.append(to_index[w2c[wnid]])
     mask_paths.append(_require_file(os.path.join(mask_dir, fname), "RIVAL10 mask"))
-  for p, mp, hw, mhw in zip(paths, mask_paths, _sizes(paths, ctx.workers),
-                            _sizes(mask_paths, ctx.workers)):
-    if hw != mhw:
-      raise ValueError(f"mask {mp} has size {mhw} (H, W) but its image {p} has size {hw}")
+  mask_sizes = _sizes(mask_paths, ctx.workers)   # Header check: unreadable masks fail now.
+  if preprocess != "squash":
+    # The official reader resizes image and mask to (224, 224) each, so under "squash" any
+    # mask size covering the image's frame aligns; a crop needs the image's own size.
+    for p, mp, hw, mhw in zip(paths, mask_paths, _sizes(paths, ctx.workers), mask_sizes):
+      if hw != mhw:
+        raise ValueError(f"mask {mp} has size {mhw} (H, W) but its image {p} has size {hw}; "
+                         f"preprocess={preprocess!r} needs equal sizes")
   class_map = None
   if model_classes == "imagenet1k":
     index = {w: i for i, w in enumerate(sorted(w2c))}

@@ -1,4 +1,4 @@
-"""The five background-reliance protocols of `../shared/BENCHMARKS.md`, for any classifier.
+"""The five background-reliance protocols (docs/benchmarks.md), for any classifier.
 
 A classifier is a pure function `apply_fn(images) -> logits` with images `(B, H, W, 3)`
 float32 in [0, 1] and logits `(B, C)`; it is jitted here. For a Flax NNX model use e.g.

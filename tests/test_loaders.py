@@ -5,6 +5,7 @@ ground truth (label and true ImageNet class of every file) is written by the fix
 independently of the loaders, and every check compares the loaders' output with it.
 """
 
+import builtins
 import csv
 import json
 import os
@@ -192,9 +193,12 @@ def test_salient_core_features_alignment_and_zoom(trees):
   paths, truth = trees
   files = truth["salient"]["files"]
   args = (paths["salient_masks"], paths["imagenet"])
-  # wordnet_dict.py starts with a `raise`: loading at all shows it was parsed, not executed.
+  # wordnet_dict.py is parsed, never executed: loading works with eval and exec disabled.
   # At the native 224 (the masks' own resolution), where a 1-px shift would show.
-  e = loaders.load_salient_imagenet(*args, annotations=paths["salient_annotations"])
+  with pytest.MonkeyPatch.context() as mp:
+    for name in ("eval", "exec"):
+      mp.setattr(builtins, name, lambda *a, **k: pytest.fail("executed wordnet_dict.py"))
+    e = loaders.load_salient_imagenet(*args, annotations=paths["salient_annotations"])
   rels = [_rel(p, paths["imagenet"]) for p in e.images.items]
   assert sorted(rels) == sorted(files) and e.num_classes == 1000
   np.testing.assert_array_equal(e.labels, [files[r]["label"] for r in rels])
@@ -316,6 +320,11 @@ def test_bad_trees_raise_value_errors_naming_the_path(trees, tmp_path):
   m = os.path.join(rdir, sorted(os.listdir(rdir))[2])
   Image.new("L", (7, 9)).save(m, format="JPEG")
   with pytest.raises(ValueError, match=m):
+    loaders.load_rival10(riv, size=S, preprocess="resize_crop")
+  assert len(loaders.load_rival10(riv, size=S)) == 20   # official: both resized to (S, S)
+  with open(m, "wb") as f:
+    f.write(b"\xff\xd8 truncated")
+  with pytest.raises(ValueError, match=f"unreadable image: {m}"):
     loaders.load_rival10(riv, size=S)
   # A RIVAL10 image whose wnid is not one of the 20 classes.
   odir = os.path.join(riv, "test", "ordinary")
