@@ -251,15 +251,16 @@ def test_interrupted_run_resumes_and_gives_the_same_table(tmp_path):
   stored = sorted(os.path.relpath(os.path.join(b, f), os.path.join(work, "results"))
                   for b, _, fs in os.walk(os.path.join(work, "results")) for f in fs)
   assert len(stored) == 4 and not any(s.endswith(".tmp") for s in stored)
-  # A result file lost (as if killed while writing it) is recomputed too.
-  os.remove(os.path.join(work, "results", "resnet18_linf_eps4.0", "in9.json"))
+  # A result file lost (as if killed while writing it) is recomputed too, from the cached
+  # probe head.
+  os.remove(os.path.join(work, "results", "resnet18_linf_eps4.0", "waterbirds.json"))
   second, redone = FakeBackend(), []
   paths2 = pr.run(CONFIG, work, roots, models, backend=second,
                   after_item=lambda m, b: redone.append((m, b)))
-  lost = ("resnet18_linf_eps4.0", "in9")
+  lost = ("resnet18_linf_eps4.0", "waterbirds")
   assert len(redone) == items - 3 and lost in redone
   assert not set(redone) & (set(done) - {lost})
-  # The probe of the first model (done before the kill) is not refitted.
+  # The probe of the first model (fitted before the kill) is not refitted.
   assert first.calls["fit_head"] + second.calls["fit_head"] == ref.calls["fit_head"]
   assert open(paths2["csv"]).read() == open(paths["csv"]).read()
   assert open(paths2["md"]).read() == open(paths["md"]).read()
