@@ -398,8 +398,9 @@ def _square_run(key, logits_fn, x, y, eps, active, *, norm, n_queries, p_init=0.
   l_inf: vertical-stripe start at +-eps, then each query redraws one random s x s window
   (s = round(sqrt(p h w)), p from `_p_selection`) to +-eps per channel, accepted if the
   margin drops (Andriushchenko et al.'s l_inf scheme). l2/l1: the same windows, but the
-  proposal adds a window of per-channel signs scaled to norm eps and projects onto ball and
-  box exactly (a square-shaped random search, not the paper's l2 proposal distribution).
+  proposal adds a window of per-channel signs scaled to norm eps, rescales the sum into the
+  ball and clips it to the box (a square-shaped random search, not the paper's l2 proposal
+  distribution).
   Runs until `n_queries` or until no `active` example has a positive margin.
 
   Returns `(x_best (B, ...), margin (B,))`; margin < 0 means misclassified.
@@ -444,7 +445,15 @@ def _square_run(key, logits_fn, x, y, eps, active, *, norm, n_queries, p_init=0.
       v = jnp.where(win, signs, 0.0)
       v = v * (eps / jnp.maximum(_atk.lp_norm(v, norm), 1e-12)).reshape(shape)
       prop = cur + v
-    xn = _atk._inward_point(x, ops.project(prop, x, eps))
+      # Rescaling into the ball, then clipping to the box (which only shrinks the norm),
+      # gives a feasible proposal without the bisection of the exact projection.
+      n = _atk.lp_norm(prop, norm).reshape(shape)
+      prop = prop * jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12))
+    if norm != "linf":
+      prop = jnp.clip(prop, -x, 1.0 - x)
+    else:
+      prop = ops.project(prop, x, eps)
+    xn = _atk._inward_point(x, prop)
     mn = margin(xn)
     acc = (mn < m) & (m > 0)
     return (i + 1, jnp.where(acc.reshape(shape), xn, xb), jnp.where(acc, mn, m))
