@@ -5,8 +5,10 @@ and every benchmark given on the command line:
 - `imagenet` (`--imagenet`, its `val/` folder: the 1000 class folders of ImageNet-1k val,
   class index = sorted folder order, resize 256 + center-crop 224): `clean_acc` and robust
   accuracy at one radius per norm of `attack_norms` with `pgd_steps`-step PGD
-  (`pgd_acc_<norm>`, random start, cross-entropy, step 2.5 eps / steps) and, where spurjax
-  has it, AutoAttack (`aa_acc_<norm>`, `autoattack_version`), on `n_robust` images;
+  (`pgd_acc_<norm>`, random start, cross-entropy, step 2.5 eps / steps) and AutoAttack
+  (`aa_acc_<norm>`, `spurjax.attacks.autoattack`; `aa_version` "standard" = APGD-CE,
+  APGD-T, FAB-T, Square, "fast" = APGD-CE and APGD-T, "none" skips it), on `n_robust`
+  images. AutoAttack is the robust accuracy to report; PGD is kept as its own column;
 - `in9` (`--in9`): ImageNet-9 variant accuracies and BG-Gap, 1000 logits scored through
   `in_to_in9` (the loader's mapping);
 - `salient` (`--salient_masks` + `--imagenet` (`train/`), `--salient_annotations`): core and
@@ -62,13 +64,14 @@ NAME_RE = re.compile(r"^(?P<arch>[a-z0-9_]+?)_(?P<norm>l2|linf)_eps(?P<eps>\d+(?
 MODELS_CSV_COLUMNS = ("path", "arch", "norm", "eps", "source")
 
 # The columns of sims.background_reliance (METRICS + EXTRA), in its order.
-METRICS = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "rfs", "core_acc",
-           "spur_acc", "rcs", "bg_gap", "worst_group_acc", "shift_drop")
+METRICS = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "aa_acc_l1", "aa_acc_l2",
+           "aa_acc_linf", "rfs", "core_acc", "spur_acc", "rcs", "bg_gap", "worst_group_acc",
+           "shift_drop")
 EXTRA = ("uncorr_acc", "rfs_l2", "rfs_a_fg", "rfs_a_bg", "acc_only_fg", "acc_only_bg_t",
          "acc_no_fg", "acc_mixed_same", "acc_mixed_rand", "acc_mixed_next", "wb_mean_acc",
          "shift_id_acc", "shift_acc")
 # Columns of this sim only.
-OWN = ("aa_acc_l1", "aa_acc_l2", "aa_acc_linf", "acc_original", "acc_only_bg_b",
+OWN = ("acc_original", "acc_only_bg_b",
        "wb_acc_g0", "wb_acc_g1", "wb_acc_g2", "wb_acc_g3", "rival10_acc", "waterbirds_acc",
        "shift_drop_rel")
 FIELDS = ("model", "arch", "norm", "eps", "eps_label", "source") + METRICS + EXTRA + OWN
@@ -108,11 +111,11 @@ TITLES = {"clean_acc": "clean accuracy (ImageNet val)",
 
 _DEFAULT = dict(batch_size=64, max_images=0, max_train=0, n_robust=500, pgd_steps=20,
                 attack_norms="l2,linf", eps_eval_l1=75.0, eps_eval_l2=3.0, eps_eval_linf=4.0,
-                autoattack_version="standard", rfs_sigmas="", rfs_modes="gaussian,l2",
+                aa_version="standard", rfs_sigmas="", rfs_modes="gaussian,l2",
                 salient_trials=5, probe_l2="", eval_seed=1234)
 PRESETS = {"default": _DEFAULT,
            "small": dict(_DEFAULT, batch_size=8, max_images=8, max_train=16, n_robust=4,
-                         pgd_steps=2, attack_norms="linf", autoattack_version="fast",
+                         pgd_steps=2, attack_norms="linf", aa_version="fast",
                          rfs_sigmas="90,180", rfs_modes="gaussian", probe_l2="0.001")}
 CONFIG_FLAGS = tuple(_DEFAULT)
 PATH_FLAGS = ("checkpoints", "models_csv", "in9", "waterbirds", "rival10", "salient_masks",
@@ -339,13 +342,13 @@ def pgd_attack(model, logits_fn, *, norm, eps, config):
 
 
 def autoattack_attack(model, logits_fn, *, norm, eps, config):
-  """`spurjax.attacks.autoattack` (`autoattack_version`). An NNX model is passed whole, so
+  """`spurjax.attacks.autoattack` (`aa_version`). An NNX model is passed whole, so
   models of one architecture share one compiled program."""
   from flax import nnx
   from spurjax import attacks
   target = model if isinstance(model, nnx.Module) else logits_fn
   return lambda k, x, y: attacks.autoattack(k, target, x, y, norm=norm, eps=eps,
-                                            version=config["autoattack_version"],
+                                            version=config["aa_version"],
                                             batch_size=int(config["batch_size"]))
 
 
@@ -553,6 +556,8 @@ class _Runner:
                                          batch_size=min(int(cfg["batch_size"]), len(es))))
       idx = _spread(len(es), int(cfg["n_robust"]))
       for name, factory in self.backend.attacks().items():
+        if name == "aa" and cfg["aa_version"] == "none":
+          continue
         for norm in _norms(cfg):
           attack = factory(model, logits_fn, norm=norm, eps=eval_radius(cfg, norm),
                            config=cfg)
@@ -583,7 +588,7 @@ def _item_key(config, entry: ModelEntry, bench: str, roots) -> dict[str, Any]:
   """The settings an item's metrics depend on (a rerun with other settings recomputes)."""
   keys = ["batch_size", "max_images", "eval_seed"]
   if bench == "imagenet":
-    keys += ["n_robust", "pgd_steps", "attack_norms", "autoattack_version"] + [
+    keys += ["n_robust", "pgd_steps", "attack_norms", "aa_version"] + [
         f"eps_eval_{n}" for n in _norms(config)]
   if bench in ("rival10", "salient"):
     keys += ["rfs_sigmas", "rfs_modes", "salient_trials"]
@@ -705,7 +710,7 @@ def markdown(config: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> st
                     for n in norms)
   note = (f"\nRobust accuracy on {config['n_robust'] or 'all'} ImageNet val images at {radii}: "
           f"pgd = {config['pgd_steps']}-step PGD (cross-entropy, random start); aa = "
-          f"AutoAttack ({config['autoattack_version']}) where spurjax has it. Waterbirds and "
+          f"AutoAttack ({config['aa_version']}), the robust accuracy to report. Waterbirds and "
           "RIVAL10 use a linear probe on frozen features fitted on their train split. "
           f"Images per benchmark part: {config['max_images'] or 'all'}.\n")
   return "\n".join(lines) + "\n" + note
@@ -804,7 +809,8 @@ def define_flags() -> None:
   flags.DEFINE_float("eps_eval_l2", None, "l2 evaluation radius.", lower_bound=0)
   flags.DEFINE_float("eps_eval_linf", None, "l_inf evaluation radius in units of 1/255.",
                      lower_bound=0)
-  flags.DEFINE_enum("autoattack_version", None, ["standard", "fast"], "AutoAttack version.")
+  flags.DEFINE_enum("aa_version", None, ["standard", "fast", "none"],
+                    "AutoAttack version of the aa_acc_<norm> columns (none: skip them).")
   flags.DEFINE_string("rfs_sigmas", None, "RFS noise levels in /255, comma-separated "
                       "(empty: 30, 60, ..., 210).")
   flags.DEFINE_string("rfs_modes", None, "RFS modes: gaussian, l2 (comma-separated).")
