@@ -725,6 +725,9 @@ def figure(config: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]):
   styles = ["-", "--", ":", "-."]
   fig, axes = plt.subplots(3, 4, figsize=(12.5, 8.4), constrained_layout=True)
   for ax, metric in zip(axes.flat, PANELS):
+    if all(r[metric] is None for r in rows):
+      ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes,
+              color="0.5")
     for ai, arch in enumerate(archs):
       ls = styles[ai % len(styles)]
       for r in rows:
