@@ -352,10 +352,12 @@ def test_payload_runs_with_an_unrestricted_loader(tmp_path, monkeypatch):
 
 def test_full_layout_format_matrix_matches_torch(tmp_path):
   pytest.importorskip("torch")
-  logits = mtf.write_fixtures(str(tmp_path), mtf.FULL, sizes=(64,))
+  # resnet18's full matrix is committed (and tested without torch); here the other two.
+  plan = {a: pairs for a, pairs in mtf.FULL.items() if a not in ("resnet18",)}
+  logits = mtf.write_fixtures(str(tmp_path), plan, sizes=(64,))
   x = mtf.fixture_images(64)
   worst = 0.0
-  for arch, pairs in mtf.FULL.items():
+  for arch, pairs in plan.items():
     for lay, fmt in pairs:
       path = str(tmp_path / f"{arch}_{lay}_{fmt}.pt")
       # arch inferred for every file, given for the zip ones (loading is the slow part)
@@ -365,7 +367,7 @@ def test_full_layout_format_matrix_matches_torch(tmp_path):
         err = _rel_err(model(x), logits[f"{arch}_{lay}_64"])
         assert err <= TOL, (arch, lay, fmt, err)
         worst = max(worst, err)
-  print(f"small nets, {sum(map(len, mtf.FULL.values()))} files: worst rel err {worst:.2e}")
+  print(f"small nets, {sum(map(len, plan.values()))} files: worst rel err {worst:.2e}")
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "wide_resnet50_2"])
