@@ -19,7 +19,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("model", "arch", "norm", "eps", "seed", "clean_acc", "pgd_acc_l1", "pgd_acc_l2",
-            "pgd_acc_linf", "rfs", "core_acc", "spur_acc", "rcs", "bg_gap",
+            "pgd_acc_linf", "aa_acc_l1", "aa_acc_l2", "aa_acc_linf", "rfs", "core_acc",
+            "spur_acc", "rcs", "bg_gap",
             "worst_group_acc", "shift_drop")
 
 
