@@ -39,8 +39,8 @@ The homotopies walk down from mu_0 = ||cross||_* (w = 0) and stop at the first p
 lower end has Phi >= mu; on that linear piece w(mu) = p - mu q is re-solved directly (no
 accumulated round-off), and 64 bisection steps on the sign of Phi - mu give the
 multiplier to round-off. The answer is the best of the bracket ends, the least-squares
-solution and the origin. A homotopy takes at most `max_steps` breakpoints (static;
-default 4 d + 8); a path that needs more returns NaN, never a wrong finite answer.
+solution and the origin. A homotopy takes at most `max_steps` breakpoints (default
+4 d + 8); a path that needs more returns NaN, never a wrong finite answer.
 
 Precision: compute under float64 (`jax.enable_x64(True)`) for round-off accuracy. The
 minimizer needs `sigma` positive definite (otherwise it need not be unique);
@@ -48,8 +48,8 @@ minimizer needs `sigma` positive definite (otherwise it need not be unique);
 `PSD_RTOL * ||J||` are treated as exact zeros (so that an interpolating predictor, s = 0,
 gets s = 0 rather than sqrt(round-off)); below `-PSD_RTOL * ||J||` J is rejected.
 
-Everything jits and vmaps (over eps, and over models of one size); the attack norm and
-`max_steps` are static.
+Everything jits and vmaps (over eps, and over models of one size); the attack norm is
+static. The solver is compiled once per (d, norm).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def _joint_factor(sigma: jax.Array, cross: jax.Array, var_y: jax.Array) -> jax.A
   """
   lam, u = jnp.linalg.eigh(_joint(sigma, cross, var_y))
   lam = jnp.where(lam > PSD_RTOL * jnp.max(jnp.abs(lam)), lam, 0.0)
-  return u * jnp.sqrt(lam)
+  return u * jnp.sqrt(lam)[None, :]
 
 
 def _dual_norm(w: jax.Array, norm: str) -> jax.Array:
@@ -492,9 +492,9 @@ def _linf_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
   return _Piece(expand(pq[:, 0]), expand(pq[:, 1]), st["lo"], st["mu"], st["done"])
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "max_steps"))
+@functools.partial(jax.jit, static_argnames=("norm",))
 def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Array,
-              norm: str, max_steps: int) -> tuple[jax.Array, jax.Array]:
+              max_steps: jax.Array, norm: str) -> tuple[jax.Array, jax.Array]:
   """Exact (w, risk) for one model and radius (vmap outward)."""
   prep = _prepare(sigma, cross, var_y)
   eps = jnp.asarray(eps, sigma.dtype)
@@ -541,7 +541,7 @@ def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Arr
 
 
 def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
-                          max_steps: int | None = None) -> Minimizer:
+                          max_steps: Any = None) -> Minimizer:
   """Exact minimizer of the adversarial risk over linear predictors, any Gaussian model.
 
       w* = argmin_w s(w)^2 + 2 eps k s(w) n(w) + eps^2 n(w)^2   (see the module docstring)
@@ -555,8 +555,8 @@ def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
     model: a `GaussianModel` with sigma positive definite.
     eps: `()` training radius >= 0.
     norm: attack norm "l1", "l2" or "linf" (static).
-    max_steps: most homotopy breakpoints (static; default 4 d + 8). If the path needs
-      more, w and risk are NaN.
+    max_steps: most homotopy breakpoints (default 4 d + 8; traced, so changing it does
+      not recompile). If the path needs more, w and risk are NaN.
 
   Returns:
     A `Minimizer`: `w` `(d,)` and `risk` `()`; the symmetric model's per-block fields
@@ -568,12 +568,13 @@ def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
   d = model.dim
   if max_steps is None:
     max_steps = 4 * d + 8
-  if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
-      or max_steps < 1:
-    raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+  if not isinstance(max_steps, jax.core.Tracer) and (
+      isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
+      or not 1 <= max_steps < 2**31):
+    raise ValueError(f"max_steps must be an integer in [1, 2^31), got {max_steps!r}")
   sigma, cross, var_y = _fields(model)
-  w, risk = _minimize(sigma, cross, var_y, jnp.asarray(eps, sigma.dtype), norm=norm,
-                      max_steps=int(max_steps))
+  w, risk = _minimize(sigma, cross, var_y, jnp.asarray(eps, sigma.dtype),
+                      jnp.asarray(max_steps, jnp.int32), norm=norm)
   nan = jnp.full_like(risk, jnp.nan)
   return Minimizer(w=w, w_core=nan, w_spu=nan, risk=risk, a=nan, b=nan)
 
