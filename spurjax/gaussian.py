@@ -326,17 +326,36 @@ def _woodbury(qinv: jax.Array, idx: jax.Array, new_rows: jax.Array,
   return 0.5 * (out + out.T)
 
 
-class _Piece(NamedTuple):
-  """A linear piece w(mu) = p - mu q for mu in [lo, hi] containing the multiplier."""
-  p: jax.Array
-  q: jax.Array
-  lo: jax.Array
+class _Path(NamedTuple):
+  """The pieces of a piecewise-linear homotopy, top (mu_0) first; `(K,)` / `(K, d)`.
+
+  Piece k spans mu in [lo[k], hi[k]]; at its lower end s = s_lo[k], n = n_lo[k]; its
+  active set (lasso) or free set (l_inf penalty) is `mask[k]`, its signs `sgn[k]`.
+  Nothing here depends on eps: under vmap over eps the path is computed once."""
+  mu0: jax.Array
   hi: jax.Array
-  ok: jax.Array  # False if the homotopy ran out of steps
+  lo: jax.Array
+  s_lo: jax.Array
+  n_lo: jax.Array
+  mask: jax.Array
+  sgn: jax.Array
+  count: jax.Array  # pieces recorded
 
 
-def _lasso_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
-  """Lasso homotopy for argmin 1/2 s^2 + mu ||w||_1 down to the self-consistent piece."""
+def _empty_path(mu0: jax.Array, k: int, d: int, dtype: Any) -> _Path:
+  z = jnp.zeros((k,), dtype)
+  return _Path(mu0, z, z, z, z, jnp.zeros((k, d), bool), jnp.zeros((k, d), dtype),
+               jnp.zeros((), jnp.int32))
+
+
+def _record(path: _Path, k: jax.Array, hi, lo, s_lo, n_lo, mask, sgn) -> _Path:
+  return _Path(path.mu0, path.hi.at[k].set(hi), path.lo.at[k].set(lo),
+               path.s_lo.at[k].set(s_lo), path.n_lo.at[k].set(n_lo),
+               path.mask.at[k].set(mask), path.sgn.at[k].set(sgn), k + 1)
+
+
+def _lasso_path(prep: _Prep, max_steps: int) -> _Path:
+  """Lasso homotopy for argmin 1/2 s^2 + mu ||w||_1 from mu_0 = ||cross||_inf to 0."""
   sigma, c = prep.sigma, prep.cross
   d = c.shape[0]
   idx = jnp.arange(d)
@@ -346,13 +365,12 @@ def _lasso_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
   sign = jnp.where(active, jnp.sign(c), 0.0)
   qinv = jnp.eye(d, dtype=c.dtype).at[j0, j0].set(1.0 / sigma[j0, j0])
   w = jnp.zeros_like(c)
-  collapse = eps * K * jnp.sqrt(prep.var_y) >= mu0
 
   def q_rows(act, i):  # row i of the padded matrix: sigma on the active block, I elsewhere
     return jnp.where(act[i], jnp.where(act, sigma[i], 0.0), (idx == i).astype(c.dtype))
 
   def cond(st):
-    return (st["step"] < max_steps) & ~st["done"]
+    return (st["step"] < max_steps) & (st["mu"] > 0)
 
   def body(st):
     mu, w, act, sgn, qinv = st["mu"], st["w"], st["act"], st["sgn"], st["qinv"]
@@ -374,8 +392,8 @@ def _lasso_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
     delta = jnp.minimum(jnp.minimum(dj[j], dd[i]), mu)
     mu_new = mu - delta
     w_new = w + delta * dz
-    found = (mu_new <= 0) | (theory._phi(_s_of(prep, w_new), jnp.sum(jnp.abs(w_new)), eps)
-                             >= mu_new)
+    rec = _record(st["rec"], st["step"], mu, mu_new, _s_of(prep, w_new),
+                  jnp.sum(jnp.abs(w_new)), act, sgn)
     join = dj[j] <= dd[i]
     k = jnp.where(join, j, i)
     act_new = act.at[k].set(join)
@@ -384,25 +402,23 @@ def _lasso_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
     w_new2 = w_new.at[k].set(jnp.where(join, w_new[k], 0.0))
     kk = k[None]
     qinv_new = _woodbury(qinv, kk, q_rows(act_new, k)[None], q_rows(act, k)[None])
-    keep = found
     return dict(
-        step=st["step"] + 1, done=found,
-        mu=jnp.where(keep, mu, mu_new), w=jnp.where(keep, w, w_new2),
-        act=jnp.where(keep, act, act_new), sgn=jnp.where(keep, sgn, sgn_new),
-        qinv=jnp.where(keep, qinv, qinv_new),
+        step=st["step"] + 1, mu=mu_new, w=w_new2, act=act_new, sgn=sgn_new, qinv=qinv_new,
         last_add=jnp.where(join, k, -1), last_drop=jnp.where(join, -1, k),
-        drop_sign=sgn[k], lo=jnp.where(keep, mu_new, st["lo"]))
+        drop_sign=sgn[k], rec=rec)
 
-  st = dict(step=jnp.zeros((), jnp.int32), done=collapse, mu=mu0, w=w, act=active,
+  st = dict(step=jnp.zeros((), jnp.int32), mu=mu0, w=w, act=active,
             sgn=sign, qinv=qinv, last_add=j0, last_drop=jnp.asarray(-1, j0.dtype),
-            drop_sign=jnp.zeros((), c.dtype), lo=mu0)
-  st = jax.lax.while_loop(cond, body, st)
-  # Re-solve the final piece directly: w(mu) = M^{-1} (c_A - mu sign_A).
-  act = st["act"]
-  m = jnp.where(act[:, None] & act[None, :], sigma, 0.0) + jnp.diag(jnp.where(act, 0.0, 1.0))
-  rhs = jnp.stack([jnp.where(act, c, 0.0), st["sgn"]], axis=1)
-  pq = jnp.linalg.solve(m, rhs)
-  return _Piece(pq[:, 0], pq[:, 1], st["lo"], st["mu"], st["done"])
+            drop_sign=jnp.zeros((), c.dtype), rec=_empty_path(mu0, max_steps, d, c.dtype))
+  return jax.lax.while_loop(cond, body, st)["rec"]
+
+
+def _lasso_solve_piece(prep: _Prep, mask: jax.Array, sgn: jax.Array):
+  """The lasso piece w(mu) = M^{-1} (c_A - mu sign_A) = p - mu q, solved directly."""
+  sigma, c = prep.sigma, prep.cross
+  m = jnp.where(mask[:, None] & mask[None, :], sigma, 0.0) + jnp.diag(jnp.where(mask, 0.0, 1.0))
+  pq = jnp.linalg.solve(m, jnp.stack([jnp.where(mask, c, 0.0), sgn], axis=1))
+  return pq[:, 0], pq[:, 1]
 
 
 def _linf_q(sigma: jax.Array, free: jax.Array, sc: jax.Array) -> jax.Array:
@@ -415,9 +431,9 @@ def _linf_q(sigma: jax.Array, free: jax.Array, sc: jax.Array) -> jax.Array:
   return jnp.block([[top, col[:, None]], [col[None, :], tt[None, None]]])
 
 
-def _linf_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
-  """l_inf-penalty homotopy for argmin 1/2 s^2 + mu ||w||_inf down to the self-consistent
-  piece. Unknowns: the free weights w_F and the cap t; w = w_F + t sc (sc: signs on C)."""
+def _linf_path(prep: _Prep, max_steps: int) -> _Path:
+  """l_inf-penalty homotopy for argmin 1/2 s^2 + mu ||w||_inf from mu_0 = ||cross||_1 to 0.
+  Unknowns: the free weights w_F and the cap t; w = w_F + t sc (sc: signs on C)."""
   sigma, c = prep.sigma, prep.cross
   d = c.shape[0]
   idx = jnp.arange(d)
@@ -425,11 +441,10 @@ def _linf_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
   free = c == 0
   sc = jnp.sign(c)
   qinv = jnp.linalg.inv(_linf_q(sigma, free, sc))
-  collapse = eps * K * jnp.sqrt(prep.var_y) >= mu0
   tslot = jnp.asarray(d)
 
   def cond(st):
-    return (st["step"] < max_steps) & ~st["done"]
+    return (st["step"] < max_steps) & (st["mu"] > 0)
 
   def body(st):
     mu, w, t, free, sc, qinv = st["mu"], st["w"], st["t"], st["free"], st["sc"], st["qinv"]
@@ -455,7 +470,7 @@ def _linf_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
     mu_new = mu - delta
     w_new = w + delta * dw
     t_new = t + delta * dt
-    found = (mu_new <= 0) | (theory._phi(_s_of(prep, w_new), t_new, eps) >= mu_new)
+    rec = _record(st["rec"], st["step"], mu, mu_new, _s_of(prep, w_new), t_new, free, sc)
     join = dj[j] <= dd[i]
     k = jnp.where(join, j, i)
     s_k = jnp.where(w_new[k] >= 0, 1.0, -1.0)
@@ -465,22 +480,23 @@ def _linf_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
     rows = jnp.stack([k, tslot])
     q_old, q_new = _linf_q(sigma, free, sc), _linf_q(sigma, free_new, sc_new)
     qinv_new = _woodbury(qinv, rows, q_new[rows], q_old[rows])
-    keep = found
     return dict(
-        step=st["step"] + 1, done=found,
-        mu=jnp.where(keep, mu, mu_new), w=jnp.where(keep, w, w_new2),
-        t=jnp.where(keep, t, t_new),
-        free=jnp.where(keep, free, free_new), sc=jnp.where(keep, sc, sc_new),
-        qinv=jnp.where(keep, qinv, qinv_new),
-        last_add=jnp.where(join, k, -1), last_drop=jnp.where(join, -1, k),
-        drop_sign=sc[k], lo=jnp.where(keep, mu_new, st["lo"]))
+        step=st["step"] + 1, mu=mu_new, w=w_new2, t=t_new, free=free_new, sc=sc_new,
+        qinv=qinv_new, last_add=jnp.where(join, k, -1), last_drop=jnp.where(join, -1, k),
+        drop_sign=sc[k], rec=rec)
 
   minus1 = jnp.asarray(-1, jnp.argmax(c).dtype)
-  st = dict(step=jnp.zeros((), jnp.int32), done=collapse, mu=mu0, w=jnp.zeros_like(c),
+  st = dict(step=jnp.zeros((), jnp.int32), mu=mu0, w=jnp.zeros_like(c),
             t=jnp.zeros((), c.dtype), free=free, sc=sc, qinv=qinv, last_add=minus1,
-            last_drop=minus1, drop_sign=jnp.zeros((), c.dtype), lo=mu0)
-  st = jax.lax.while_loop(cond, body, st)
-  free, sc = st["free"], st["sc"]
+            last_drop=minus1, drop_sign=jnp.zeros((), c.dtype),
+            rec=_empty_path(mu0, max_steps, d, c.dtype))
+  return jax.lax.while_loop(cond, body, st)["rec"]
+
+
+def _linf_solve_piece(prep: _Prep, free: jax.Array, sc: jax.Array):
+  """The l_inf-penalty piece w(mu) = p - mu q (w = w_F + t sc), solved directly."""
+  sigma, c = prep.sigma, prep.cross
+  d = c.shape[0]
   q = _linf_q(sigma, free, sc)
   rhs = jnp.stack([jnp.concatenate([jnp.where(free, c, 0.0), (sc @ c)[None]]),
                    jnp.zeros((d + 1,), c.dtype).at[d].set(1.0)], axis=1)
@@ -489,13 +505,14 @@ def _linf_piece(prep: _Prep, eps: jax.Array, max_steps: int) -> _Piece:
   def expand(z):
     return jnp.where(free, z[:d], 0.0) + z[d] * sc
 
-  return _Piece(expand(pq[:, 0]), expand(pq[:, 1]), st["lo"], st["mu"], st["done"])
+  return expand(pq[:, 0]), expand(pq[:, 1])
 
 
-@functools.partial(jax.jit, static_argnames=("norm",))
+@functools.partial(jax.jit, static_argnames=("norm", "max_steps"))
 def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Array,
-              max_steps: jax.Array, norm: str) -> tuple[jax.Array, jax.Array]:
-  """Exact (w, risk) for one model and radius (vmap outward)."""
+              norm: str, max_steps: int) -> tuple[jax.Array, jax.Array]:
+  """Exact (w, risk) for one model and radius (vmap outward: everything but the final
+  piece search is independent of eps, so a vmap over eps computes it once)."""
   prep = _prepare(sigma, cross, var_y)
   eps = jnp.asarray(eps, sigma.dtype)
 
@@ -524,15 +541,25 @@ def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Arr
     ends = [vec @ coords(lo)[0], vec @ coords(hi)[0]]
     ok = jnp.asarray(True)
   else:
-    piece = (_lasso_piece if norm == "linf" else _linf_piece)(prep, eps, max_steps)
+    path = (_lasso_path if norm == "linf" else _linf_path)(prep, max_steps)
+    # The first piece (from the top) whose lower end has Phi >= mu holds the multiplier;
+    # collapse (Phi >= mu already at w = 0) is the degenerate piece [mu_0, mu_0].
+    valid = jnp.arange(max_steps) < path.count
+    hit = valid & (theory._phi(path.s_lo, path.n_lo, eps) >= path.lo)
+    k = jnp.argmax(hit)
+    collapse = eps * K * jnp.sqrt(prep.var_y) >= path.mu0
+    solve_piece = _lasso_solve_piece if norm == "linf" else _linf_solve_piece
+    p, q = solve_piece(prep, path.mask[k], path.sgn[k])
+    lo0 = jnp.where(collapse, path.mu0, path.lo[k])
+    hi0 = jnp.where(collapse, path.mu0, path.hi[k])
 
     def too_small(mu):
-      w = piece.p - mu * piece.q
+      w = p - mu * q
       return mu < theory._phi(_s_of(prep, w), _dual_norm(w, norm), eps)
 
-    lo, hi = _bisect(too_small, piece.lo, piece.hi)
-    ends = [piece.p - lo * piece.q, piece.p - hi * piece.q]
-    ok = piece.ok
+    lo, hi = _bisect(too_small, lo0, hi0)
+    ends = [p - lo * q, p - hi * q]
+    ok = collapse | jnp.any(hit)
   w, r = _best([prep.w_ls, zero] + ends, risk)
   # eps = 0: the least-squares solution, whatever the homotopy did.
   ok = ok | (eps == 0)
@@ -541,7 +568,7 @@ def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Arr
 
 
 def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
-                          max_steps: Any = None) -> Minimizer:
+                          max_steps: int | None = None) -> Minimizer:
   """Exact minimizer of the adversarial risk over linear predictors, any Gaussian model.
 
       w* = argmin_w s(w)^2 + 2 eps k s(w) n(w) + eps^2 n(w)^2   (see the module docstring)
@@ -555,8 +582,8 @@ def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
     model: a `GaussianModel` with sigma positive definite.
     eps: `()` training radius >= 0.
     norm: attack norm "l1", "l2" or "linf" (static).
-    max_steps: most homotopy breakpoints (default 4 d + 8; traced, so changing it does
-      not recompile). If the path needs more, w and risk are NaN.
+    max_steps: most homotopy breakpoints (static; default 4 d + 8). If the multiplier
+      lies beyond the breakpoints computed, w and risk are NaN.
 
   Returns:
     A `Minimizer`: `w` `(d,)` and `risk` `()`; the symmetric model's per-block fields
@@ -568,13 +595,12 @@ def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
   d = model.dim
   if max_steps is None:
     max_steps = 4 * d + 8
-  if not isinstance(max_steps, jax.core.Tracer) and (
-      isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
-      or not 1 <= max_steps < 2**31):
+  if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or not (
+      1 <= max_steps < 2**31):
     raise ValueError(f"max_steps must be an integer in [1, 2^31), got {max_steps!r}")
   sigma, cross, var_y = _fields(model)
-  w, risk = _minimize(sigma, cross, var_y, jnp.asarray(eps, sigma.dtype),
-                      jnp.asarray(max_steps, jnp.int32), norm=norm)
+  w, risk = _minimize(sigma, cross, var_y, jnp.asarray(eps, sigma.dtype), norm=norm,
+                      max_steps=int(max_steps))
   nan = jnp.full_like(risk, jnp.nan)
   return Minimizer(w=w, w_core=nan, w_spu=nan, risk=risk, a=nan, b=nan)
 

@@ -77,7 +77,7 @@ def cvxpy_minimizer(model, eps, norm):
 D, B = 16, 6
 
 
-@functools.partial(jax.jit, static_argnums=3)
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def _solve(models, eps, max_steps, norm):
   return jax.vmap(lambda m, e: G.adversarial_minimizer(m, e, norm, max_steps=max_steps))(
       models, eps)
@@ -92,7 +92,7 @@ def solve(models, eps, norm, max_steps=4 * D + 8):
     G.validate_gaussian(m, positive_definite=True)  # the jitted call sees tracers
   pad = B - len(eps)
   batch = jax.tree.map(lambda *a: jnp.stack(a), *(models + models[:1] * pad))
-  out = _solve(batch, jnp.asarray(np.r_[eps, np.zeros(pad)]), jnp.asarray(max_steps), norm)
+  out = _solve(batch, jnp.asarray(np.r_[eps, np.zeros(pad)]), max_steps, norm)
   return jax.tree.map(lambda a: a[:len(eps)], out)
 
 
