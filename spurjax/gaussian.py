@@ -354,12 +354,20 @@ def _record(path: _Path, k: jax.Array, hi, lo, s_lo, n_lo, mask, sgn) -> _Path:
                path.mask.at[k].set(mask), path.sgn.at[k].set(sgn), k + 1)
 
 
+def _mu_floor(mu0: jax.Array) -> jax.Array:
+  """Breakpoints below 1000 ulp of mu_0 are round-off (e.g. ties of the least-squares
+  solution that should meet at mu = 0); the piece above runs to mu = 0 instead, else the
+  sign of Phi - mu at such a breakpoint (both ~1e-14) would be noise."""
+  return 1e3 * jnp.finfo(mu0.dtype).eps * mu0
+
+
 def _lasso_path(prep: _Prep, max_steps: int) -> _Path:
   """Lasso homotopy for argmin 1/2 s^2 + mu ||w||_1 from mu_0 = ||cross||_inf to 0."""
   sigma, c = prep.sigma, prep.cross
   d = c.shape[0]
   idx = jnp.arange(d)
   mu0 = jnp.max(jnp.abs(c))
+  floor = _mu_floor(mu0)
   j0 = jnp.argmax(jnp.abs(c))
   active = idx == j0
   sign = jnp.where(active, jnp.sign(c), 0.0)
@@ -390,6 +398,7 @@ def _lasso_path(prep: _Prep, max_steps: int) -> _Path:
     dd = jnp.where(can_drop, jnp.maximum(sgn * w, 0.0) / jnp.where(can_drop, -rate, 1.0), inf)
     j, i = jnp.argmin(dj), jnp.argmin(dd)
     delta = jnp.minimum(jnp.minimum(dj[j], dd[i]), mu)
+    delta = jnp.where(mu - delta <= floor, mu, delta)  # see _mu_floor
     mu_new = mu - delta
     w_new = w + delta * dz
     rec = _record(st["rec"], st["step"], mu, mu_new, _s_of(prep, w_new),
@@ -438,6 +447,7 @@ def _linf_path(prep: _Prep, max_steps: int) -> _Path:
   d = c.shape[0]
   idx = jnp.arange(d)
   mu0 = jnp.sum(jnp.abs(c))
+  floor = _mu_floor(mu0)
   free = c == 0
   sc = jnp.sign(c)
   qinv = jnp.linalg.inv(_linf_q(sigma, free, sc))
@@ -467,6 +477,7 @@ def _linf_path(prep: _Prep, max_steps: int) -> _Path:
     dj = jnp.where(free, jnp.maximum(jnp.minimum(d1, d2), 0.0), inf)
     j, i = jnp.argmin(dj), jnp.argmin(dd)
     delta = jnp.minimum(jnp.minimum(dj[j], dd[i]), mu)
+    delta = jnp.where(mu - delta <= floor, mu, delta)  # see _mu_floor
     mu_new = mu - delta
     w_new = w + delta * dw
     t_new = t + delta * dt
