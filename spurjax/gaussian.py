@@ -35,12 +35,15 @@ and along the path w(mu) the risk decreases while Phi < mu and increases once Ph
     (zero gradient); a free coordinate joins the cap when |w_i| reaches t, a capped one
     leaves when its share lambda_i = sign_i (cross - sigma w)_i of mu reaches 0.
 
-The homotopies walk down from mu_0 = ||cross||_* (w = 0) and stop at the first piece whose
-lower end has Phi >= mu; on that linear piece w(mu) = p - mu q is re-solved directly (no
-accumulated round-off), and 64 bisection steps on the sign of Phi - mu give the
+The homotopies walk from mu_0 = ||cross||_* (w = 0) down to 0 and record every piece;
+this does not depend on eps, so a vmap over eps computes it once per model. For each eps
+the multiplier lies on the first piece whose lower end has Phi >= mu; that linear piece
+w(mu) = p - mu q is re-solved directly (no accumulated round-off from the rank-2k
+Woodbury updates of the path), and 64 bisection steps on the sign of Phi - mu give the
 multiplier to round-off. The answer is the best of the bracket ends, the least-squares
-solution and the origin. A homotopy takes at most `max_steps` breakpoints (default
-4 d + 8); a path that needs more returns NaN, never a wrong finite answer.
+solution and the origin. A homotopy takes at most `max_steps` breakpoints (static,
+default 4 d + 8); if the multiplier lies beyond them the result is NaN, never a wrong
+finite answer.
 
 Precision: compute under float64 (`jax.enable_x64(True)`) for round-off accuracy. The
 minimizer needs `sigma` positive definite (otherwise it need not be unique);
