@@ -567,9 +567,12 @@ def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Arr
     lo0 = jnp.where(collapse, path.mu0, path.lo[k])
     hi0 = jnp.where(collapse, path.mu0, path.hi[k])
 
+    r0, r1 = prep.chol.T @ (p - prep.w_ls), prep.chol.T @ q  # s(mu) in O(d), see _s_of
+
     def too_small(mu):
-      w = p - mu * q
-      return mu < theory._phi(_s_of(prep, w), _dual_norm(w, norm), eps)
+      r = r0 - mu * r1
+      s = theory._safe_sqrt(prep.s_min**2 + jnp.sum(r * r))
+      return mu < theory._phi(s, _dual_norm(p - mu * q, norm), eps)
 
     lo, hi = _bisect(too_small, lo0, hi0)
     ends = [p - lo * q, p - hi * q]
