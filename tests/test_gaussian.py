@@ -83,13 +83,15 @@ def _solve(models, eps, max_steps, norm):
       models, eps)
 
 
-def solve(models, eps, norm, max_steps=4 * D + 8):
+def solve(models, eps, norm, max_steps=None):
   """Minimizers for a list of models (or one model, broadcast) and `eps` `(<= B,)`."""
   eps = np.atleast_1d(np.asarray(eps, np.float64))
   models = models if isinstance(models, list) else [models] * len(eps)
   assert len(models) == len(eps) <= B
   for m in models:
     G.validate_gaussian(m, positive_definite=True)  # the jitted call sees tracers
+  if max_steps is None:
+    max_steps = 4 * models[0].dim + 8  # the default of adversarial_minimizer
   pad = B - len(eps)
   batch = jax.tree.map(lambda *a: jnp.stack(a), *(models + models[:1] * pad))
   out = _solve(batch, jnp.asarray(np.r_[eps, np.zeros(pad)]), max_steps, norm)
@@ -163,8 +165,6 @@ def test_against_cvxpy(rng, noisy):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("SPURJAX_SLOW"), reason="set SPURJAX_SLOW=1")
 def test_against_cvxpy_d50(rng):
-  global D
-  D = 50
   for noise in (0.0, rng.uniform(0.1, 0.5)):
     _check_against_cvxpy(rng, 50, noise, np.r_[0.0, np.sort(rng.uniform(0.0, 0.6, B - 1))])
 
