@@ -5,6 +5,7 @@ and Natural Distributional Robustness" (NeurIPS 2022).
 
 Modules:
   theory: the exact core/spurious Gaussian linear-regression model (closed forms, minimizers).
+  gaussian: exact adversarial risk and minimizers for any jointly Gaussian (x, y) (moments).
   parallel: sharding of vmapped grids over all local devices (and processes).
   empirical: finite-sample adversarial training of linear models (optax).
   data: the procedural spurious-image dataset (shapes on class-correlated textures), batches

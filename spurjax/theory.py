@@ -329,6 +329,8 @@ def adversarial_risk(model: CoreSpuriousModel, w: jax.Array, eps: Any, norm: str
     `()` the risk. Gradients in `w` are finite everywhere (0 is used as the subgradient of
     s at s = 0 and of ||.||_2 at 0).
   """
+  if not isinstance(model, CoreSpuriousModel):  # a general spurjax.gaussian.GaussianModel
+    return _gaussian().adversarial_risk(model, w, eps, norm)
   validate_model(model)
   _check_norm(norm)
   _check_eps(eps)
@@ -719,6 +721,8 @@ def adversarial_minimizer(model: CoreSpuriousModel, eps: Any, norm: str) -> Mini
   Returns:
     A `Minimizer` (w `(d,)`, per-coordinate w_core and w_spu, risk, reduced a and b).
   """
+  if not isinstance(model, CoreSpuriousModel):  # a general spurjax.gaussian.GaussianModel
+    return _gaussian().adversarial_minimizer(model, eps, norm)
   validate_model(model)
   _check_nondegenerate(model)
   _check_norm(norm)
@@ -849,3 +853,19 @@ def shift_gap(model: CoreSpuriousModel, w: jax.Array, rho_test: Any, eps: Any = 
   _check_range("rho_test", rho_test, lo=-1.0, hi=1.0, allowed="in [-1, 1]")
   test = model.replace(rho=rho_test)
   return adversarial_risk(test, w, eps, norm) - adversarial_risk(model, w, eps, norm)
+
+
+# ---------------------------------------------------------------------------------------
+# General Gaussian models (spurjax.gaussian builds on this module, so it is imported lazily).
+
+
+def _gaussian() -> Any:
+  from spurjax import gaussian
+  return gaussian
+
+
+def __getattr__(name: str) -> Any:
+  """`spurjax.theory.GaussianModel` is `spurjax.gaussian.GaussianModel`."""
+  if name == "GaussianModel":
+    return _gaussian().GaussianModel
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

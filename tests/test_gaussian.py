@@ -1,0 +1,329 @@
+"""Tests of spurjax.gaussian: the symmetric solver embedded as a general model, an
+independent conic solver (cvxpy), Monte Carlo risk, batching and input validation.
+
+Random draws are fresh on every run; the seed is in every failure message."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spurjax import gaussian as G
+from spurjax import theory as T
+
+NORMS = ("l1", "l2", "linf")
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+class _SeededRng:
+  """np.random.Generator that remembers its (fresh) seed for failure messages."""
+
+  def __init__(self):
+    self.seed = int(np.random.SeedSequence().entropy % 2**63)
+    self._gen = np.random.default_rng(self.seed)
+
+  def __getattr__(self, name):
+    return getattr(self._gen, name)
+
+
+@pytest.fixture
+def rng():
+  return _SeededRng()
+
+
+def random_model(rng, d, noise):
+  """A random jointly Gaussian (x, y): features with individual scales and correlations,
+  y = beta^T x + noise with a sparse beta (noise = 0: y is an exact linear function)."""
+  a = rng.normal(size=(d, d)) * rng.uniform(0.2, 2.0, size=d)[:, None]
+  sigma = a @ a.T / d + 0.05 * np.eye(d)
+  beta = rng.normal(size=d) * (rng.uniform(size=d) < 0.6)
+  return G.GaussianModel(jnp.asarray(sigma), jnp.asarray(sigma @ beta),
+                         jnp.asarray(beta @ sigma @ beta + noise**2))
+
+
+def joint_factor(model):
+  sig, c, v = (np.asarray(x, np.float64) for x in (model.sigma, model.cross, model.var_y))
+  d = len(c)
+  joint = np.block([[sig, c[:, None]], [c[None], np.array([[v]])]])
+  lam, u = np.linalg.eigh(joint)
+  return u * np.sqrt(np.clip(lam, 0.0, None))[None, :], d
+
+
+def cvxpy_minimizer(model, eps, norm):
+  """The adversarial risk minimised by an interior-point conic solver (Clarabel):
+  min t^2 + eps^2 (1 - k^2) n^2  s.t.  t >= s(w) + eps k n(w),  R = (s + eps k n)^2 + ..."""
+  cp = pytest.importorskip("cvxpy")
+  b, d = joint_factor(model)
+  w = cp.Variable(d)
+  t = cp.Variable(nonneg=True)
+  s = cp.norm(b[:d].T @ w - b[d], 2)
+  n = cp.norm(w, {"l1": "inf", "l2": 2, "linf": 1}[norm])
+  prob = cp.Problem(cp.Minimize(cp.square(t) + eps**2 * (1 - T.K**2) * cp.square(n)),
+                    [t >= s + eps * T.K * n])
+  prob.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+  return np.asarray(w.value)
+
+
+# Compilation dominates the time of these tests, so every minimizer call goes through one
+# program per norm: B models of size D, one eps each.
+D, B = 16, 6
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _solve(models, eps, max_steps, norm):
+  return jax.vmap(lambda m, e: G.adversarial_minimizer(m, e, norm, max_steps=max_steps))(
+      models, eps)
+
+
+def solve(models, eps, norm, max_steps=None):
+  """Minimizers for a list of models (or one model, broadcast) and `eps` `(<= B,)`."""
+  eps = np.atleast_1d(np.asarray(eps, np.float64))
+  models = models if isinstance(models, list) else [models] * len(eps)
+  assert len(models) == len(eps) <= B
+  for m in models:
+    G.validate_gaussian(m, positive_definite=True)  # the jitted call sees tracers
+  if max_steps is None:
+    max_steps = 4 * models[0].dim + 8  # the default of adversarial_minimizer
+  pad = B - len(eps)
+  batch = jax.tree.map(lambda *a: jnp.stack(a), *(models + models[:1] * pad))
+  out = _solve(batch, jnp.asarray(np.r_[eps, np.zeros(pad)]), max_steps, norm)
+  return jax.tree.map(lambda a: a[:len(eps)], out)
+
+
+# ---------------------------------------------------------------------------------------
+# Equal to the symmetric solver.
+
+
+def test_symmetric_model_embedded(rng):
+  """The symmetric models (d_c, d_s) with d_c + d_s = 16, random scales, correlation and
+  label noise (0 for half of them): risk to 1e-10 relative, weights to 1e-8."""
+  eps = np.r_[0.0, np.sort(rng.uniform(0.0, 1.5, B - 1))]
+  for d_c, d_s in ((10, 6), (4, 12), (15, 1)):
+    noise = 0.0 if rng.uniform() < 0.5 else rng.uniform(0.05, 0.5)
+    model = T.CoreSpuriousModel(d_c, d_s, rng.uniform(0.3, 2.0), rng.uniform(0.3, 2.0),
+                                rng.uniform(-0.95, 0.95), noise)
+    general = G.GaussianModel.from_core_spurious(model)
+    for norm in NORMS:
+      ref = jax.vmap(lambda e: T.adversarial_minimizer(model, e, norm))(jnp.asarray(eps))
+      got = solve(general, eps, norm)
+      msg = f"seed {rng.seed} {model} {norm}"
+      # atol: the risk at an interpolating solution with eps = 0 is round-off (~1e-30)
+      np.testing.assert_allclose(got.risk, ref.risk, rtol=1e-10, atol=1e-24, err_msg=msg)
+      np.testing.assert_allclose(got.w, ref.w, rtol=0, atol=1e-8, err_msg=msg)
+
+
+def test_dispatch_through_theory(rng):
+  """spurjax.theory's public functions accept a GaussianModel."""
+  model = T.CoreSpuriousModel(3, 2, 1.0, rng.uniform(0.5, 1.5), 0.8, 0.2)
+  general = T.GaussianModel.from_core_spurious(model)
+  assert T.GaussianModel is G.GaussianModel
+  w = jnp.asarray(rng.normal(size=5))
+  for norm in NORMS:
+    np.testing.assert_allclose(T.adversarial_risk(general, w, 0.3, norm),
+                               T.adversarial_risk(model, w, 0.3, norm), rtol=1e-12)
+  np.testing.assert_allclose(T.standard_risk(general, w), T.standard_risk(model, w),
+                             rtol=1e-12)
+  np.testing.assert_allclose(T.standard_minimizer(general).w, T.standard_minimizer(model).w,
+                             atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# Against an independent conic solver.
+
+
+def _check_against_cvxpy(rng, d, noise, eps_grid):
+  model = random_model(rng, d, noise)
+  for norm in NORMS:
+    got = solve(model, eps_grid, norm)
+    for i, eps in enumerate(eps_grid):
+      w_ref = cvxpy_minimizer(model, eps, norm)
+      r_ref = float(G.adversarial_risk(model, jnp.asarray(w_ref), eps, norm))
+      r_got = float(G.adversarial_risk(model, got.w[i], eps, norm))
+      msg = f"seed {rng.seed} d={d} noise={noise} {norm} eps={eps}"
+      assert np.isfinite(r_got), msg
+      assert r_got <= r_ref * (1 + 1e-8) + 1e-14, (msg, r_got, r_ref)
+      np.testing.assert_allclose(got.risk[i], r_got, rtol=1e-10, atol=1e-24, err_msg=msg)
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_against_cvxpy(rng, noisy):
+  """Never above the conic solver's risk by more than 1e-8 relative (its w evaluated
+  exactly), with and without label noise, eps from 0 to past collapse."""
+  noise = rng.uniform(0.1, 0.5) if noisy else 0.0
+  eps = np.r_[0.0, np.sort(rng.uniform(0.0, 0.6, B - 2)), 3.0]
+  _check_against_cvxpy(rng, D, noise, eps)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SPURJAX_SLOW"), reason="set SPURJAX_SLOW=1")
+def test_against_cvxpy_d50(rng):
+  for noise in (0.0, rng.uniform(0.1, 0.5)):
+    _check_against_cvxpy(rng, 50, noise, np.r_[0.0, np.sort(rng.uniform(0.0, 0.6, B - 1))])
+
+
+def test_optimality_by_perturbation(rng):
+  """Random small moves around the minimizer never lower the risk (a check of the
+  homotopies that does not need cvxpy)."""
+  d = D
+  model = random_model(rng, d, rng.uniform(0.0, 0.4))
+  eps = np.sort(rng.uniform(0.0, 0.5, 4))
+  risk = jax.jit(jax.vmap(G.adversarial_risk, in_axes=(None, 0, None, None)),
+                 static_argnums=3)
+  for norm in NORMS:
+    got = solve(model, eps, norm)
+    for i in range(len(eps)):
+      moves = rng.normal(size=(200, d)) * np.logspace(-6, -2, 200)[:, None]
+      moves[:50] *= rng.uniform(size=(50, d)) < 0.2       # sparse moves keep zeros zero
+      r = risk(model, got.w[i][None, :] + moves, eps[i], norm)
+      assert np.all(r >= got.risk[i] * (1 - 1e-12)), (rng.seed, norm, float(eps[i]))
+
+
+# ---------------------------------------------------------------------------------------
+# The risk: Monte Carlo.
+
+
+def test_risk_monte_carlo(rng):
+  """E (|w^T x - y| + eps ||w||_q)^2 over samples of (x, y), within 5 standard errors."""
+  d, n = D, 400_000
+  model = random_model(rng, d, 0.3)
+  b, _ = joint_factor(model)
+  xy = rng.normal(size=(n, d + 1)) @ b.T
+  x, y = xy[:, :d], xy[:, d]
+  for norm, q in (("l1", np.inf), ("l2", 2), ("linf", 1)):
+    w = rng.normal(size=d)
+    eps = rng.uniform(0.0, 1.0)
+    loss = (np.abs(x @ w - y) + eps * np.linalg.norm(w, q)) ** 2
+    exact = float(G.adversarial_risk(model, jnp.asarray(w), eps, norm))
+    se = loss.std() / np.sqrt(n)
+    assert abs(loss.mean() - exact) < 5 * se, (rng.seed, norm, loss.mean(), exact, se)
+
+
+def test_risk_quadratic_form_and_worst_case(rng):
+  """s^2 is w^T sigma w - 2 w^T cross + var_y; the attack delta = eps sign(r) g, g the
+  dual-norm maximiser, attains the stated per-example loss."""
+  d = 7
+  model = random_model(rng, d, 0.2)
+  sig, c, v = (np.asarray(a) for a in (model.sigma, model.cross, model.var_y))
+  w = rng.normal(size=d)
+  s2 = w @ sig @ w - 2 * w @ c + v
+  np.testing.assert_allclose(G.adversarial_risk(model, jnp.asarray(w), 0.0, "l2"), s2,
+                             rtol=1e-10)
+  eps, x, y = 0.3, rng.normal(size=d), rng.normal()
+  r = w @ x - y
+  for norm, q in (("l1", np.inf), ("l2", 2), ("linf", 1)):
+    if norm == "l1":
+      g = np.zeros(d)
+      g[np.argmax(np.abs(w))] = np.sign(w[np.argmax(np.abs(w))])
+    elif norm == "l2":
+      g = w / np.linalg.norm(w)
+    else:
+      g = np.sign(w)
+    delta = eps * np.sign(r) * g
+    np.testing.assert_allclose((w @ (x + delta) - y) ** 2,
+                               (abs(r) + eps * np.linalg.norm(w, q)) ** 2, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Structure, batching, constructors.
+
+
+def test_exact_zeros_and_collapse(rng):
+  """l_inf training gives exact zeros; past the collapse radius ||cross||_p / (k sqrt(var_y))
+  the minimizer is exactly 0, just below it is not."""
+  model = random_model(rng, D, 0.2)
+  c, v = np.asarray(model.cross), float(model.var_y)
+  for norm, p in (("l1", 1), ("l2", 2), ("linf", np.inf)):
+    eps0 = np.linalg.norm(c, p) / (T.K * np.sqrt(v))
+    got = solve(model, [1.001 * eps0, 0.99 * eps0], norm)
+    assert np.all(got.w[0] == 0.0), (rng.seed, norm)
+    assert np.any(got.w[1] != 0.0), (rng.seed, norm)
+  mid = solve(model, [0.3 * np.linalg.norm(c, np.inf) / np.sqrt(v)], "linf")
+  assert np.sum(mid.w[0] == 0.0) >= 1, rng.seed  # sparse, with exact zeros
+
+
+def test_vmap_over_models_equals_stacked(rng):
+  """vmap over models of one size (and eps) equals one call per model."""
+  models = [random_model(rng, D, noise) for noise in (0.0, 0.2, 0.4, 0.0, 0.3, 0.1)]
+  eps = rng.uniform(0.0, 0.6, B)
+  for norm in NORMS:
+    got = solve(models, eps, norm)
+    for i, m in enumerate(models):
+      one = solve(m, eps[i:i + 1], norm)
+      np.testing.assert_allclose(got.w[i], one.w[0], atol=1e-12)
+      np.testing.assert_allclose(got.risk[i], one.risk[0], rtol=1e-12)
+
+
+def test_max_steps_exhausted_is_nan(rng):
+  """A homotopy cut short returns NaN, never a wrong finite answer."""
+  model = random_model(rng, D, 0.3)
+  for norm in ("l1",):  # the l_inf-penalty path; the lasso path shares the logic
+    got = solve(model, 1e-3, norm, max_steps=1)
+    assert np.all(np.isnan(got.w)) and np.isnan(got.risk), (rng.seed, norm)
+    full = solve(model, 1e-3, norm)
+    assert np.all(np.isfinite(full.w)), (rng.seed, norm)
+
+
+def test_from_samples(rng):
+  d, n = 4, 200_000
+  model = random_model(rng, d, 0.3)
+  b, _ = joint_factor(model)
+  xy = rng.normal(size=(n, d + 1)) @ b.T
+  est = G.GaussianModel.from_samples(xy[:, :d], xy[:, d])
+  np.testing.assert_allclose(est.sigma, model.sigma, atol=0.05)
+  np.testing.assert_allclose(est.cross, model.cross, atol=0.05)
+  cen = G.GaussianModel.from_samples(xy[:, :d] + 3.0, xy[:, d] - 1.0, center=True)
+  np.testing.assert_allclose(cen.sigma, est.sigma, atol=0.05)
+  exact = np.asarray(xy[:, :d].T @ xy[:, :d] / n)
+  np.testing.assert_allclose(est.sigma, exact, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_bad_input_names_the_field():
+  sig = jnp.eye(3)
+  c = jnp.asarray([0.5, 0.2, 0.1])
+  good = G.GaussianModel(sig, c, 1.0)
+  cases = [
+      (G.GaussianModel(sig, c, 0.1), "joint covariance"),           # var_y < c^T sig^-1 c
+      (G.GaussianModel(jnp.diag(jnp.asarray([1.0, -1.0, 1.0])), c, 1.0), "sigma"),
+      (G.GaussianModel(sig, c.at[1].set(jnp.nan), 1.0), "cross"),
+      (G.GaussianModel(sig.at[0, 0].set(jnp.inf), c, 1.0), "sigma"),
+      (G.GaussianModel(sig, c, jnp.nan), "var_y"),
+      (G.GaussianModel(jnp.eye(2), c, 1.0), "sigma"),
+      (G.GaussianModel(sig, c[:, None], 1.0), "cross"),
+      (G.GaussianModel(sig, c, jnp.ones(2)), "var_y"),
+      (G.GaussianModel(sig.at[0, 1].set(0.3), c, 1.0), "symmetric"),
+  ]
+  for model, field in cases:
+    with pytest.raises(ValueError, match=field):
+      G.adversarial_risk(model, jnp.zeros(3), 0.1, "l2")
+    with pytest.raises(ValueError, match=field):
+      G.adversarial_minimizer(model, 0.1, "l2")
+  with pytest.raises(ValueError, match="eps"):
+    G.adversarial_minimizer(good, -0.1, "l2")
+  with pytest.raises(ValueError, match="eps"):
+    G.adversarial_risk(good, jnp.zeros(3), jnp.nan, "l2")
+  with pytest.raises(ValueError, match="norm"):
+    G.adversarial_minimizer(good, 0.1, "l3")
+  with pytest.raises(ValueError, match="w must have shape"):
+    G.adversarial_risk(good, jnp.zeros(4), 0.1, "l2")
+  with pytest.raises(ValueError, match="max_steps"):
+    G.adversarial_minimizer(good, 0.1, "l1", max_steps=0)
+  singular = G.GaussianModel(jnp.diag(jnp.asarray([1.0, 1.0, 0.0])), c.at[2].set(0.0), 1.0)
+  G.adversarial_risk(singular, jnp.zeros(3), 0.1, "l2")  # PSD is enough for the risk
+  with pytest.raises(ValueError, match="sigma must be positive definite"):
+    G.adversarial_minimizer(singular, 0.1, "l2")
+  with pytest.raises(ValueError, match="y must have shape"):
+    G.GaussianModel.from_samples(np.zeros((5, 2)), np.zeros(4))
+  with pytest.raises(ValueError, match="finite"):
+    G.GaussianModel.from_samples(np.full((5, 2), np.nan), np.zeros(5))
