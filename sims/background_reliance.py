@@ -229,13 +229,13 @@ def markdown(config: dict[str, Any], agg: list[dict[str, Any]]) -> str:
       cells.append("n/a" if a[c] is None else
                    f"{a[c]:.3f}" + (f" ± {a[c + '_std']:.3f}" if a["n_seeds"] > 1 else ""))
     lines.append("| " + " | ".join(cells) + " |")
-  aa_note = ("" if config.get("aa_version", "fast") != "none" else
-             " (skipped: aa_version none)")
+  version = config.get("aa_version", "fast")
+  aa_note = (f"aa_acc: AutoAttack ({version}) robust accuracy at the same radii"
+             if version != "none" else "aa_acc: skipped (aa_version none)")
   note = (f"\nPGD: {config['pgd_steps']} steps at l1 {config['eps_eval_l1']:g}, l2 "
           f"{config['eps_eval_l2']:g}, l_inf {config['eps_eval_linf']:g}/255; "
           f"{config['n_eval']} test images per protocol part; ± = sample std over seeds.\n"
-          f"aa_acc: AutoAttack ({config.get('aa_version', 'fast')}){aa_note} robust accuracy "
-          f"at the same radii; pgd_acc: the PGD above (an upper bound that can be loose).\n")
+          f"{aa_note}; pgd_acc: the PGD above (an upper bound that can be loose).\n")
   return "\n".join(lines) + "\n" + note
 
 
