@@ -11,12 +11,14 @@ Modules:
   data: the procedural spurious-image dataset (shapes on class-correlated textures), batches
     for training (`sample_batch`) and complete evaluation sets (`make_eval_set`).
   evalset: the `EvalSet` structure shared by the generator and the real-data loaders.
-  reliance: the five background-reliance protocols and `evaluate(key, apply_fn, eval_set)`.
+  reliance: the five background-reliance protocols and `evaluate(key, model, eval_set)`.
   loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet, read as published.
   fixture_trees: small trees in those five published layouts, drawn from `data`.
   attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
   imagenet_models, pretrained, probe: torchvision-exact ImageNet ResNets, safe import of
     PyTorch checkpoints (robustness library, RobustBench, torchvision), linear probes.
+  autoattack: APGD, FAB-T, Square and the AutoAttack ensemble (evaluation-grade robust
+    accuracy; also importable as `attacks.apgd`, `attacks.autoattack`).
 """
 
 __version__ = "0.1.0"

@@ -55,7 +55,7 @@ def test_min_norm_step_is_exact(norm):
 
 # ------------------------------------------------------- linear classifiers: exact robustness
 
-N_LIN, K_LIN, LIN_SHAPE = 500, 10, (8, 8, 3)
+N_LIN, K_LIN, LIN_SHAPE = 500, 10, (4, 4, 3)
 
 
 def _linear_classifier(seed):
@@ -89,11 +89,12 @@ def _exact_robust(x, y, params, norm, eps):
 
 
 def _radius_for(x, y, params, norm, target=0.5):
-  """Bisection on eps for an exact robust accuracy near `target`."""
+  """Bisection on eps for an exact robust accuracy near `target` (on 100 of the points)."""
   lo, hi = 0.0, {"linf": 0.3, "l2": 5.0, "l1": 50.0}[norm]
-  for _ in range(14):
+  for _ in range(8):
     mid = 0.5 * (lo + hi)
-    lo, hi = (mid, hi) if _exact_robust(x, y, params, norm, mid).mean() > target else (lo, mid)
+    acc = _exact_robust(x[:100], y[:100], params, norm, mid).mean()
+    lo, hi = (mid, hi) if acc > target else (lo, mid)
   return 0.5 * (lo + hi)
 
 
@@ -169,13 +170,15 @@ def _net_params(seed):
 @hypothesis.given(seed=st.integers(0, 2**31 - 1), eps_frac=st.floats(0.0, 1.0))
 def test_autoattack_invariants(norm, seed, eps_frac):
   """In the ball and the box, misclassified points untouched, same key same result, and a
-  second model of the same architecture (new parameters) uses the same compilation."""
+  second model of the same architecture (new parameters) uses the same compilation. The
+  "fast" version keeps this test cheap; the exactness test above checks ball, box and
+  untouched points for the "standard" one."""
   eps = eps_frac * {"linf": 16 / 255, "l2": 1.0, "l1": 8.0}[norm]
   x = _images(jax.random.key(seed), SHAPE)
   params = _net_params(seed % 7)
   y = jax.random.randint(jax.random.key(seed + 1), (SHAPE[0],), 0, K)
   run = functools.partial(aa.autoattack, jax.random.key(seed), _net, x, y, norm=norm, eps=eps,
-                          params=params, return_counts=True)
+                          params=params, return_counts=True, version="fast")
   x_adv, counts = run()
   x_np = np.asarray(x)
   assert np.isfinite(x_adv).all() and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
@@ -188,7 +191,7 @@ def test_autoattack_invariants(norm, seed, eps_frac):
   np.testing.assert_array_equal(x_adv, x_again)
   before = aa._compiled.cache_info().currsize
   aa.autoattack(jax.random.key(seed), _net, x, y, norm=norm, eps=eps,
-                params=_net_params(seed % 7 + 1))
+                params=_net_params(seed % 7 + 1), version="fast")
   assert aa._compiled.cache_info().currsize == before
 
 
