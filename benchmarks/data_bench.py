@@ -3,7 +3,7 @@
   python benchmarks/data_bench.py [--n=10000] [--image_size=64] [--batch_size=1000]
 
 Prints the compile time and the steady-state time to generate N images (every output array
-is materialized with block_until_ready). Reported figure (issue 5): see docs/benchmarks.md.
+is materialized with block_until_ready). Reported figures: see docs/benchmarks.md.
 """
 
 import time

@@ -1,11 +1,11 @@
-r"""Evaluates a model suite on the five background-reliance protocols and PGD (issue 6).
+r"""Evaluates a model suite on the five background-reliance protocols, PGD and AutoAttack.
 
 For every complete model under `<workdir>/models/` (written by `sims.model_suite` with the
 same --workdir), on one fixed evaluation set of the suite's procedural data (same images for
 every model):
 - `spurjax.reliance.evaluate`: clean accuracy; RIVAL10 RFS (Gaussian and l2 mode); Salient
   core/spurious accuracy and RCS; ImageNet-9 variant accuracies and BG-Gap; Waterbirds
-  worst-group accuracy; ObjectNet-style shift drop (../shared/BENCHMARKS.md);
+  worst-group accuracy; ObjectNet-style shift drop (docs/benchmarks.md);
 - `uncorr_acc`: accuracy on the "uncorrelated" domain (P(background = class) = 1/K);
 - `pgd_acc_<norm>`: accuracy under a `pgd_steps`-step PGD (random start, cross-entropy,
   step 2.5 eps / steps) at one fixed radius per norm: l1 `eps_eval_l1`, l2 `eps_eval_l2`,

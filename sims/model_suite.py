@@ -1,4 +1,4 @@
-r"""The model suite: standard and l1 / l2 / l_inf adversarially trained CNNs (issue 6).
+r"""The model suite: standard and l1 / l2 / l_inf adversarially trained CNNs.
 
 Trains, on the procedural spurious-image data (`spurjax.data`, "train" domain), one model
 per (architecture, training norm, radius, seed): standard training plus PGD adversarial

@@ -754,7 +754,7 @@ def standard_minimizer(model: CoreSpuriousModel) -> Minimizer:
 def robust_interpolation_radius(model: CoreSpuriousModel, norm: str) -> jax.Array:
   """eps*: the largest radius at which the standard solution stays optimal.
 
-  With label noise (s_n > 0) eps* = 0. Without (THEORY.md section 5), with
+  With label noise (s_n > 0) eps* = 0. Without (derivation in docs/theory.md), with
   q_s = s_s^2 (1 + r^2 (d_s - 1)), m = s_c s_s r sqrt(d_s), det = s_c^2 s_s^2 (1 - r^2):
 
       l2:   eps*_2 = k s_c sqrt((1 - r^2) / (1 + r^2 (d_s - 1)))

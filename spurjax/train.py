@@ -20,7 +20,7 @@ latest checkpoint; because batches and attack keys depend only on (seed, step), 
 ends with the same parameters as an uninterrupted one. A non-finite loss raises
 `FloatingPointError`.
 
-For issue-level callers:
+Typical use:
 
   config = TrainConfig(arch="small_cnn", num_classes=10, image_shape=(32, 32, 3),
                        adv_norm="linf", adv_eps=8 / 255, steps=2000)

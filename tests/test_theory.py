@@ -73,7 +73,7 @@ def _model(c):
 
 
 def test_reference_vectors():
-  """Every case of theory_vectors.json (THEORY.md s7).
+  """Every case of theory_vectors.json (the reference minimizers in tests/data).
 
   The upper bound is the reference's risk or, where larger, the exact risk of the
   reference's own weights: at interpolating solutions (s = 0) the reference risks sit up
@@ -224,7 +224,7 @@ def test_threshold_below_and_above_eps_star(norm):
 
 
 def test_worked_example():
-  """THEORY.md s5: eps*_2 = 0.2149, eps*_1 = 0.4297, eps*_inf = 0.3210, a = 0 at 1.5 eps*."""
+  """The README's worked example: eps*_2 = 0.2149, eps*_1 = 0.4297, eps*_inf = 0.3210, a = 0 at 1.5 eps*."""
   np.testing.assert_allclose(T.robust_interpolation_radius(WORKED, "l2"), 0.2149, atol=1e-4)
   np.testing.assert_allclose(T.robust_interpolation_radius(WORKED, "l1"), 0.4297, atol=1e-4)
   np.testing.assert_allclose(T.robust_interpolation_radius(WORKED, "linf"), 0.3210, atol=1e-4)
