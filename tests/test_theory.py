@@ -224,7 +224,8 @@ def test_threshold_below_and_above_eps_star(norm):
 
 
 def test_worked_example():
-  """The README's worked example: eps*_2 = 0.2149, eps*_1 = 0.4297, eps*_inf = 0.3210, a = 0 at 1.5 eps*."""
+  """The README's worked example: eps*_2 = 0.2149, eps*_1 = 0.4297, eps*_inf = 0.3210,
+  a = 0 at 1.5 eps*."""
   np.testing.assert_allclose(T.robust_interpolation_radius(WORKED, "l2"), 0.2149, atol=1e-4)
   np.testing.assert_allclose(T.robust_interpolation_radius(WORKED, "l1"), 0.4297, atol=1e-4)
   np.testing.assert_allclose(T.robust_interpolation_radius(WORKED, "linf"), 0.3210, atol=1e-4)
