@@ -152,14 +152,16 @@ MUTANTS = [
        [("      if i == len(lines) - 1:\n        break\n      raise", "      raise")],
        [T_PATHS, "-k", "jsonl"], "a torn last metrics line makes resume fail"),
     _m("process_id_off_by_one", "spurjax/parallel.py",
-       [("if not 0 <= process_id < num_processes:", "if not 0 <= process_id <= num_processes:")],
+       [("if not 0 <= process_id < num_processes:",
+         "if not 0 <= process_id <= num_processes:")],
        [T_PATHS, "-k", "distributed"], "process_id == num_processes accepted"),
     _m("piecewise_ignores_warmup", TRN,
        [("{int(0.5 * rest): 0.1, int(0.75 * rest): 0.1}",
          "{int(0.5 * total): 0.1, int(0.75 * total): 0.1}")],
        [T_PATHS, "-k", "piecewise"], "piecewise decay points counted from step 0"),
     _m("warmup_starts_high", TRN,
-       [("optax.linear_schedule(0.0, peak, warm)", "optax.linear_schedule(0.1 * peak, peak, warm)")],
+       [("optax.linear_schedule(0.0, peak, warm)",
+         "optax.linear_schedule(0.1 * peak, peak, warm)")],
        [T_PATHS, "-k", "piecewise"], "warm-up does not start from 0"),
     _m("decay_after_adam", TRN,
        [("optax.chain(optax.add_decayed_weights(config.weight_decay), opt)",
@@ -174,7 +176,8 @@ MUTANTS = [
          "yield _render(jax.random.fold_in(key, 0), config, batch_size, flags)[0]")],
        [T_PATHS, "-k", "batches"], "data.batches repeats one batch"),
     _m("data_p_static", "spurjax/data.py",
-       [("  p: float = 0.9\n", "  p: float = flax.struct.field(pytree_node=False, default=0.9)\n")],
+       [("  p: float = 0.9\n",
+         "  p: float = flax.struct.field(pytree_node=False, default=0.9)\n")],
        ["tests/test_compiles_once.py", "-k", "data_renderer"],
        "a new p recompiles the renderer"),
     _m("eval_set_chunk_per_part", "spurjax/data.py",
@@ -235,6 +238,14 @@ def _summary(output: str) -> str:
     return lines[-1].strip("= ")
   rest = output.strip().splitlines()
   return rest[-1] if rest else ""
+
+
+def _reason(output: str) -> str:
+  """The first failure line pytest prints (`E   ...`), to see why a mutant was killed."""
+  for line in output.splitlines():
+    if line.startswith("E "):
+      return line[1:].strip()[:110]
+  return ""
 
 
 def main(argv=None) -> int:
@@ -301,7 +312,8 @@ def main(argv=None) -> int:
       else:                 # timeout, no tests collected, internal error
         status = f"ERROR(rc={rc})"
       rows.append((m.name, " ".join(m.tests), status, _summary(out)))
-      print(f"{m.name}: {status} ({_summary(out)}; {time.time() - t0:.0f}s)", flush=True)
+      print(f"{m.name}: {status} ({_summary(out)}; {time.time() - t0:.0f}s)\n    "
+            f"{_reason(out)}", flush=True)
   finally:
     shutil.rmtree(work, ignore_errors=True)
 

@@ -131,4 +131,5 @@ def test_rfs_and_salient_follow_the_documented_aggregation(seed):
   assert abs(per_sigma_mean - summary) > 0.01
   plain_fg = [_plain(correct[:, FG, k]) for k in range(len(SIGMAS))]
   assert max(abs(p - b) for p, b in zip(plain_fg, a_fg)) > 0.01
-  assert max(abs(_plain(correct[:, BG, 2]) - core), abs(_plain(correct[:, FG, 2]) - spur)) > 0.01
+  assert max(abs(_plain(correct[:, BG, 2]) - core),
+             abs(_plain(correct[:, FG, 2]) - spur)) > 0.01
