@@ -14,6 +14,11 @@ DUAL_OF_ATTACK = {"l1": np.inf, "l2": 2, "linf": 1}   # n = ||w||_q
 ATTACK_P = {"l1": 1, "l2": 2, "linf": np.inf}
 
 
+# One compiled program per norm (eager evaluation would compile every primitive on its own).
+_grad = jax.jit(jax.grad(T.adversarial_risk, argnums=1), static_argnames="norm")
+_risk = jax.jit(T.adversarial_risk, static_argnames="norm")
+
+
 @pytest.fixture(autouse=True)
 def x64():
   with jax.enable_x64(True):
@@ -32,8 +37,7 @@ def _smooth_point(rng, d):
 @pytest.mark.parametrize("model", [NOISY, NOISELESS], ids=["noisy", "noiseless"])
 def test_gradient_matches_central_differences(norm, model):
   rng = np.random.default_rng(T.NORMS.index(norm))
-  grad = jax.jit(jax.grad(T.adversarial_risk, argnums=1), static_argnames="norm")
-  risk = jax.jit(T.adversarial_risk, static_argnames="norm")
+  grad, risk = _grad, _risk
   h = 1e-5
   for _ in range(3):
     w = _smooth_point(rng, model.dim)
@@ -56,8 +60,7 @@ def test_subgradient_at_zero_weight(norm):
   of ||.||_q at 0, the unit ball of the attack's own norm. For l2 the documented choice is
   u = 0 (gradient 0 of ||.||_2 at 0), so dR = -2 c exactly."""
   eps = 0.4
-  g = np.asarray(jax.grad(T.adversarial_risk, argnums=1)(NOISY, jnp.zeros(NOISY.dim), eps,
-                                                         norm))
+  g = np.asarray(_grad(NOISY, jnp.zeros(NOISY.dim), eps, norm=norm))
   c = _c(NOISY)
   s = np.sqrt(1 + NOISY.label_noise ** 2)
   u = (g + 2 * c) / (2 * eps * T.K * s)
@@ -75,6 +78,8 @@ def test_subgradient_at_interpolation(norm):
   w = np.r_[np.full(m.d_core, 1 / (np.sqrt(m.d_core) * m.sigma_core)), np.zeros(m.d_spu)]
   assert float(T.standard_risk(m, jnp.asarray(w))) < 1e-28
   eps = 0.3
+  # Eager, so that s^2 of the interpolating w is exactly 0: XLA's fused program may leave a
+  # 1e-33, where s is smooth and its gradient a unit vector (a nearby point's gradient).
   g = np.asarray(jax.grad(T.adversarial_risk, argnums=1)(m, jnp.asarray(w), eps, norm))
   n = np.linalg.norm(w, DUAL_OF_ATTACK[norm])
   dn = g / (2 * eps ** 2 * n)

@@ -90,15 +90,15 @@ def test_rfs_and_salient_follow_the_documented_aggregation(seed):
   # The classifier does what the table says on every kind of input (clean, each region and
   # level), so the expected values below are exact counts.
   key = jax.random.key(seed)
+  predict = jax.jit(lambda x: jnp.argmax(apply_fn(x), 1))
+  pair = jax.jit(reliance.noisy_pair)
   for level, sigma in enumerate(SIGMAS):
     noise = jax.random.normal(jax.random.fold_in(key, level), images.shape)
-    x_fg, x_bg = reliance.noisy_pair(noise, jnp.asarray(images), jnp.asarray(masks), sigma)
-    got_fg = np.argmax(np.asarray(apply_fn(x_fg)), 1)
-    got_bg = np.argmax(np.asarray(apply_fn(x_bg)), 1)
+    x_fg, x_bg = pair(noise, jnp.asarray(images), jnp.asarray(masks), sigma)
+    got_fg, got_bg = np.asarray(predict(x_fg)), np.asarray(predict(x_bg))
     np.testing.assert_array_equal(got_fg, pred[:, FG, level])
     np.testing.assert_array_equal(got_bg, pred[:, BG, level])
-  np.testing.assert_array_equal(np.argmax(np.asarray(apply_fn(jnp.asarray(images))), 1),
-                                pred[:, CLEAN, 0])
+  np.testing.assert_array_equal(np.asarray(predict(jnp.asarray(images))), pred[:, CLEAN, 0])
 
   data = evalset.EvalSet(images=images, labels=labels, num_classes=K, masks=masks,
                          soft_masks=masks)
