@@ -5,12 +5,17 @@ r"""Exact minimizers per second against a generic per-point numerical optimizer.
 Exact: `spurjax.theory.adversarial_minimizer`, float64, jit(vmap) over a grid of
 (eps, sigma_spu, rho) points for each of the three norms (`--points` per norm), sharded
 over the local devices. Baselines, measured in the same run:
+  * the previous exact solver (64 bisection steps on the path multiplier with 7-9
+    candidates per step, `theory._minimize_reduced_bisection`), per norm: speedup and the
+    relative risk difference of the two exact solvers;
   * scipy: `scipy.optimize.minimize` (Nelder-Mead on the reduced two-variable risk), one
     point at a time, timed on a subsample (`--baseline_points`) -- the "generic per-point
     optimizer" of the ratio;
   * optax: 2,000 Adam steps on the full d-dimensional risk, vmapped over the same
     subsample (reported with its excess risk, not used in the ratio).
-`--json PATH` writes {"points", "exact_per_s", "baseline_per_s", "ratio", ...}.
+`--json PATH` writes {"points", "exact_per_s", "exact_per_s_l1", "exact_per_s_l2",
+"exact_per_s_linf", "bisection_per_s_<norm>", "speedup_<norm>", "baseline_per_s",
+"ratio", "load_average", ...}.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 flags.DEFINE_integer("points", 100_000, "Grid points per norm.", lower_bound=1000)
 flags.DEFINE_integer("baseline_points", 150, "Points per norm for the per-point baseline.",
                      lower_bound=10)
-flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is reported).", lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Timed repetitions (best of grid_map; 2x+1 interleaved "
+                     "runs for the steady medians).", lower_bound=1)
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 FLAGS = flags.FLAGS
 
@@ -54,10 +60,32 @@ def main(argv):
   d_c, d_s = 4, 3
   rng = np.random.default_rng(0)
   eps, s_s, rho, s_n = _grid(FLAGS.points, rng)
-  print(f"devices: {jax.devices()}  backend: {jax.default_backend()}  float64")
+  print(f"devices: {jax.devices()}  backend: {jax.default_backend()}  float64  "
+        f"load average {os.getloadavg()[0]:.2f} (timings on a shared machine are noisy: "
+        "compare the ratios)")
 
-  # --- exact, all three norms ---
+  # --- exact, all three norms; the previous solver (64-step path bisection) in the same run ---
+  def reduced_fn(solver, norm):
+    def fn(e, s, r, n):
+      red = T._reduce(T.CoreSpuriousModel(d_c, d_s, 1.0, s, r, n))
+      return solver(red, e, norm, True)[2]
+    return fn
+
+  def steady_times(fs, args):
+    """Median compile-free time of each function, timed interleaved (load hits both)."""
+    for f in fs:
+      f(*args).block_until_ready()
+    times = [[] for _ in fs]
+    for _ in range(2 * FLAGS.repeats + 1):
+      for f, ts in zip(fs, times):
+        t = time.perf_counter()
+        f(*args).block_until_ready()
+        ts.append(time.perf_counter() - t)
+    return [float(np.median(ts)) for ts in times]
+
+  args = [jnp.asarray(a) for a in (eps, s_s, rho, s_n)]
   exact_s = 0.0
+  per_norm = {}
   for norm in T.NORMS:
     def fn(e, s, r, n, norm=norm):
       return T.adversarial_minimizer(T.CoreSpuriousModel(d_c, d_s, 1.0, s, r, n), e,
@@ -70,14 +98,20 @@ def main(argv):
       best = min(best, time.perf_counter() - t)
     assert np.all(np.isfinite(out))
     # grid_map compiles per call (a fresh jit of vmap(fn)); measure compile-free time too.
-    sharded = jax.jit(jax.vmap(fn))
-    args = [jnp.asarray(a) for a in (eps, s_s, rho, s_n)]
-    sharded(*args).block_until_ready()
-    t = time.perf_counter()
-    sharded(*args).block_until_ready()
-    steady = time.perf_counter() - t
+    steady, old = steady_times(
+        [jax.jit(jax.vmap(fn)),
+         jax.jit(jax.vmap(reduced_fn(T._minimize_reduced_bisection, norm)))], args)
+    new_r = jax.jit(jax.vmap(reduced_fn(T._minimize_reduced, norm)))(*args)
+    old_r = jax.jit(jax.vmap(reduced_fn(T._minimize_reduced_bisection, norm)))(*args)
+    rel = np.asarray(new_r / old_r - 1.0)
+    per_norm[norm] = dict(exact_per_s=FLAGS.points / steady,
+                          bisection_per_s=FLAGS.points / old, speedup=old / steady,
+                          max_rel_risk_vs_bisection=float(np.max(rel)),
+                          min_rel_risk_vs_bisection=float(np.min(rel)))
     print(f"exact {norm:>4}: {FLAGS.points / steady:12,.0f} minimizers/s steady "
-          f"({FLAGS.points / best:,.0f}/s via grid_map incl. compile)")
+          f"({FLAGS.points / best:,.0f}/s via grid_map incl. compile); previous 64-step "
+          f"bisection solver {FLAGS.points / old:,.0f}/s: {old / steady:.2f}x; "
+          f"risk new/old - 1 in [{np.min(rel):.1e}, {np.max(rel):.1e}]")
     exact_s += steady
   n_total = 3 * FLAGS.points
   exact_per_s = n_total / exact_s
@@ -140,8 +174,14 @@ def main(argv):
         f"per-point baseline: {baseline_per_s:,.1f}/s; ratio {ratio:,.0f}x")
   if FLAGS.json:
     from spurjax import io
+    extra = {}
+    for norm, figs in per_norm.items():
+      for key, val in figs.items():
+        extra[key.replace("exact_per_s", "exact_per_s_" + norm) if key == "exact_per_s"
+              else f"{key}_{norm}"] = val
     io.write_json(FLAGS.json, dict(points=n_total, exact_per_s=exact_per_s,
                                    baseline_per_s=baseline_per_s, ratio=ratio,
+                                   load_average=os.getloadavg()[0], **extra,
                                    vmapped_adam_per_s=3 * m / adam_s,
                                    devices=len(jax.devices())))
 

@@ -9,7 +9,11 @@ every model):
 - `uncorr_acc`: accuracy on the "uncorrelated" domain (P(background = class) = 1/K);
 - `pgd_acc_<norm>`: accuracy under a `pgd_steps`-step PGD (random start, cross-entropy,
   step 2.5 eps / steps) at one fixed radius per norm: l1 `eps_eval_l1`, l2 `eps_eval_l2`,
-  l_inf `eps_eval_linf` / 255, on the in-distribution test images.
+  l_inf `eps_eval_linf` / 255, on the in-distribution test images;
+- `aa_acc_<norm>`: robust accuracy under `spurjax.autoattack.autoattack` (version
+  `aa_version`: "standard" = APGD-CE, APGD-T, FAB-T, Square; "fast" = APGD-CE and APGD-T
+  only; "none" skips it) at the same radii on the same images. This is the robust accuracy
+  to report; PGD is kept as its own column (it is an upper bound that can be loose).
 
   python -m sims.background_reliance [--preset=small|default|paper] [--workdir=results/suite]
 
@@ -37,10 +41,12 @@ from sims import _common
 from sims import _suite
 
 _DEFAULT = dict(n_eval=500, pgd_steps=10, eps_eval_l1=10.0, eps_eval_l2=0.5, eps_eval_linf=4.0,
-                eval_seed=1234, batch_size=250)
+                eval_seed=1234, batch_size=250, aa_version="fast")
 PRESETS = {"default": _DEFAULT,
-           "small": dict(_DEFAULT, n_eval=48, pgd_steps=3, batch_size=48),
-           "paper": dict(_DEFAULT, n_eval=2000, pgd_steps=20)}
+           # AutoAttack is skipped in the CI-sized preset: its compilation alone outweighs
+           # the rest of the evaluation there.
+           "small": dict(_DEFAULT, n_eval=48, pgd_steps=3, batch_size=48, aa_version="none"),
+           "paper": dict(_DEFAULT, n_eval=2000, pgd_steps=20, aa_version="standard")}
 CONFIG_FLAGS = tuple(_DEFAULT)
 
 FLAGS = flags.FLAGS
@@ -55,8 +61,11 @@ flags.DEFINE_float("eps_eval_linf", None, "l_inf evaluation radius in units of 1
 flags.DEFINE_integer("eval_seed", None, "Seed of the evaluation data, noise and PGD starts.",
                      lower_bound=0)
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size.", lower_bound=1)
+flags.DEFINE_enum("aa_version", None, ["standard", "fast", "none"],
+                  "AutoAttack version of the aa_acc_<norm> columns (none: skip them).")
 
-METRICS = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "rfs", "core_acc",
+METRICS = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "aa_acc_l1", "aa_acc_l2",
+           "aa_acc_linf", "rfs", "core_acc",
            "spur_acc", "rcs", "bg_gap", "worst_group_acc", "shift_drop")
 EXTRA = ("uncorr_acc", "rfs_l2", "rfs_a_fg", "rfs_a_bg", "acc_only_fg", "acc_only_bg_t",
          "acc_no_fg", "acc_mixed_same", "acc_mixed_rand", "acc_mixed_next", "wb_mean_acc",
@@ -100,27 +109,39 @@ def evaluate_model(model, es, uncorrelated, config: dict[str, Any]) -> dict[str,
 
   Returns:
     Flat dict metric -> float or None: everything `spurjax.reliance.evaluate` returns plus
-    `uncorr_acc` and `pgd_acc_l1`, `pgd_acc_l2`, `pgd_acc_linf`.
+    `uncorr_acc`, `pgd_acc_<norm>` and `aa_acc_<norm>` (None with aa_version "none").
   """
+  from spurjax import autoattack
   from spurjax import reliance
   from spurjax import train
-  apply_fn = _suite.apply_fn_of(model)
   bs = int(config["batch_size"])
-  out = dict(reliance.evaluate(_suite.eval_key(config["eval_seed"], "reliance"), apply_fn, es,
+  # The NNX model itself (not a closure over its parameters): the jitted evaluation
+  # functions are shared by every model of the suite, so only the first one compiles.
+  out = dict(reliance.evaluate(_suite.eval_key(config["eval_seed"], "reliance"), model, es,
                                batch_size=bs))
-  out["uncorr_acc"] = reliance.clean_accuracy(apply_fn, uncorrelated[0], uncorrelated[1],
+  out["uncorr_acc"] = reliance.clean_accuracy(model, uncorrelated[0], uncorrelated[1],
                                               es.num_classes, batch_size=bs)["clean_acc"]
   for norm in _suite.NORMS:
     out[f"pgd_acc_{norm}"] = train.evaluate_accuracy(
         model, es.images, es.labels, norm=norm, eps=eval_radius(config, norm),
         steps=int(config["pgd_steps"]), key=_suite.eval_key(config["eval_seed"], f"pgd_{norm}"),
         batch_size=bs)
+  version = config.get("aa_version", "fast")
+  for norm in _suite.NORMS:
+    if version == "none":
+      out[f"aa_acc_{norm}"] = None
+      continue
+    _, counts = autoattack.autoattack(
+        _suite.eval_key(config["eval_seed"], f"aa_{norm}"), model, es.images, es.labels,
+        norm=norm, eps=eval_radius(config, norm), version=version, batch_size=bs,
+        return_counts=True)
+    out[f"aa_acc_{norm}"] = counts["robust"] / len(es.labels)
   return out
 
 
 def _cache_key(suite: dict[str, Any], config: dict[str, Any], step: int) -> dict[str, Any]:
   keys = ("n_eval", "pgd_steps", "eps_eval_l1", "eps_eval_l2", "eps_eval_linf", "eval_seed",
-          "batch_size")
+          "batch_size", "aa_version")
   return json.loads(json.dumps({"eval": {k: config[k] for k in keys}, "step": step,
                                 "data": {k: suite[k] for k in _suite.DATA_FIELDS}}))
 
@@ -155,8 +176,9 @@ def compute(config: dict[str, Any], workdir: str) -> list[dict[str, Any]]:
       metrics = evaluate_model(train.load_model(path), es, uncorrelated, config)
       io.write_json(cache, {"key": key, "metrics": metrics})
       logging.info("model %d/%d %s: evaluated in %.1fs (clean %.3f, bg_gap %.3f, "
-                   "pgd_linf %.3f)", i + 1, len(listed), name, time.perf_counter() - t,
-                   metrics["clean_acc"], metrics["bg_gap"], metrics["pgd_acc_linf"])
+                   "pgd_linf %.3f, aa_linf %s)", i + 1, len(listed), name,
+                   time.perf_counter() - t, metrics["clean_acc"], metrics["bg_gap"],
+                   metrics["pgd_acc_linf"], metrics["aa_acc_linf"])
     else:
       logging.info("model %d/%d %s: cached", i + 1, len(listed), name)
     _common.log_progress(i + 1, len(listed), "evaluation")
@@ -197,7 +219,8 @@ def eps_label(norm: str, eps: float) -> str:
 
 def markdown(config: dict[str, Any], agg: list[dict[str, Any]]) -> str:
   """The Markdown table: mean +- std over seeds of every metric per setting."""
-  cols = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "uncorr_acc", "rfs",
+  cols = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "aa_acc_l1", "aa_acc_l2",
+          "aa_acc_linf", "uncorr_acc", "rfs",
           "core_acc", "spur_acc", "rcs", "bg_gap", "worst_group_acc", "shift_drop")
   head = ["arch", "norm", "eps", "seeds"] + list(cols)
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -207,9 +230,13 @@ def markdown(config: dict[str, Any], agg: list[dict[str, Any]]) -> str:
       cells.append("n/a" if a[c] is None else
                    f"{a[c]:.3f}" + (f" ± {a[c + '_std']:.3f}" if a["n_seeds"] > 1 else ""))
     lines.append("| " + " | ".join(cells) + " |")
+  aa_note = ("" if config.get("aa_version", "fast") != "none" else
+             " (skipped: aa_version none)")
   note = (f"\nPGD: {config['pgd_steps']} steps at l1 {config['eps_eval_l1']:g}, l2 "
           f"{config['eps_eval_l2']:g}, l_inf {config['eps_eval_linf']:g}/255; "
-          f"{config['n_eval']} test images per protocol part; ± = sample std over seeds.\n")
+          f"{config['n_eval']} test images per protocol part; ± = sample std over seeds.\n"
+          f"aa_acc: AutoAttack ({config.get('aa_version', 'fast')}){aa_note} robust accuracy "
+          f"at the same radii; pgd_acc: the PGD above (an upper bound that can be loose).\n")
   return "\n".join(lines) + "\n" + note
 
 

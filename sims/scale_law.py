@@ -105,7 +105,6 @@ def cue_scales(key, settings: dict[str, Any], n: int) -> dict[str, float]:
 
 def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   """Trains (or reuses) the sweep's models, measures cue following, writes outputs."""
-  import jax
   from spurjax import data
   from spurjax import reliance
   from spurjax import train
@@ -130,12 +129,12 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
                               _suite.data_config(settings), n)
     for spec in (s for s in specs if dict(s.data)["bg_contrast"] == c):
       model = train.load_model(_suite.model_dir(workdir, spec))
-      apply_fn = jax.jit(_suite.apply_fn_of(model))
-      pred = np.concatenate([np.asarray(_argmax(apply_fn(xc[i:i + 250])))
-                             for i in range(0, len(xc), 250)])
+      # The model itself: reliance's jitted functions take its parameters as arguments,
+      # so only the first model of an architecture compiles.
+      pred = reliance.predictions(model, xc)
       row = {"model": spec.name, "bg_contrast": c, "norm": spec.norm, "eps": spec.eps,
              "seed": spec.seed,
-             "clean_acc": reliance.clean_accuracy(_suite.apply_fn_of(model), clean.images,
+             "clean_acc": reliance.clean_accuracy(model, clean.images,
                                                   clean.labels, config["num_classes"],
                                                   batch_size=min(250, n))["clean_acc"],
              **{f"{k}_rate": float(np.mean(pred == v)) for k, v in ids.items()}, **scales}
@@ -154,11 +153,6 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   return _common.write_outputs(workdir, "scale_law", rows=rows, fieldnames=FIELDS,
                                figure=figure(config, rows), config=config, seed=None,
                                start=start)
-
-
-def _argmax(logits):
-  import jax.numpy as jnp
-  return jnp.argmax(logits, axis=-1)
 
 
 def figure(config: dict[str, Any], rows: list[dict[str, Any]]):

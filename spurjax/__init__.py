@@ -13,6 +13,8 @@ Modules:
   reliance: the five background-reliance protocols and `evaluate(key, apply_fn, eval_set)`.
   loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet layouts.
   attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
+  autoattack: APGD, FAB-T, Square and the AutoAttack ensemble (evaluation-grade robust
+    accuracy; also importable as `attacks.apgd`, `attacks.autoattack`).
 """
 
 __version__ = "0.1.0"

@@ -243,7 +243,37 @@ def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return z_other - z_y
 
 
-LOSSES = {"ce": cross_entropy, "margin": margin}
+def _top4(logits):
+  return jax.lax.top_k(logits, min(4, logits.shape[-1]))[0]
+
+
+def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Difference of logits ratio (Croce & Hein 2020); `(B, K), (B,) -> (B,)`, K >= 3.
+
+  `DLR = -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`, pi the logits sorted
+  decreasingly; invariant to shifting and rescaling the logits, positive iff misclassified.
+  """
+  if logits.shape[-1] < 3:
+    raise ValueError(f"logits: DLR needs at least 3 classes, got {logits.shape[-1]}")
+  zs = _top4(logits)
+  return margin(logits, labels) / (zs[:, 0] - zs[:, 2] + 1e-12)
+
+
+def dlr_targeted(logits: jax.Array, labels: jax.Array, targets: jax.Array) -> jax.Array:
+  """Targeted DLR (Croce & Hein 2020); `(B, K), (B,), (B,) -> (B,)`, K >= 4.
+
+  `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`; maximising it pushes the target
+  class t above the true class y.
+  """
+  if logits.shape[-1] < 4:
+    raise ValueError(f"logits: targeted DLR needs at least 4 classes, got {logits.shape[-1]}")
+  zs = _top4(logits)
+  z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  z_t = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+  return (z_t - z_y) / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3]) + 1e-12)
+
+
+LOSSES = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 
 def make_loss_fn(logits_fn: Callable[[jax.Array], jax.Array], loss: str = "ce") -> LossFn:
@@ -252,7 +282,7 @@ def make_loss_fn(logits_fn: Callable[[jax.Array], jax.Array], loss: str = "ce") 
   Args:
     logits_fn: `x (B, H, W, C) -> logits (B, K)`; for a model pass its eval-mode view
       (`spurjax.models.eval_view`).
-    loss: "ce" (cross-entropy, the default) or "margin".
+    loss: "ce" (cross-entropy, the default), "margin" or "dlr".
   """
   if loss not in LOSSES:
     raise ValueError(f"loss: unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
@@ -507,3 +537,13 @@ def linear_worst_case(w: jax.Array, x: jax.Array, *, norm: str, eps,
   one = functools.partial(_linear_max_dot_one, norm=norm, lo=lo, hi=hi)
   d = jax.vmap(lambda wi, xi: one(wi, xi, eps))(w, xf)
   return d.reshape(x.shape)
+
+
+def __getattr__(name):
+  # The evaluation-grade attacks live in `spurjax.autoattack` (which imports this module);
+  # `attacks.apgd` and `attacks.autoattack` resolve there lazily, so either module can be
+  # imported first.
+  if name in ("apgd", "autoattack"):
+    from spurjax import autoattack as _autoattack
+    return getattr(_autoattack, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,10 @@
 """The five background-reliance protocols of `../shared/BENCHMARKS.md`, for any classifier.
 
-A classifier is a pure function `apply_fn(images) -> logits` with images `(B, H, W, 3)`
-float32 in [0, 1] and logits `(B, C)`; it is jitted here. For a Flax NNX model use e.g.
-`graphdef, state = nnx.split(nnx.view(model, deterministic=True, use_running_average=True))`
-and `apply_fn = lambda x: nnx.merge(graphdef, state)(x)`.
+A classifier maps images `(B, H, W, 3)` float32 in [0, 1] to logits `(B, C)`. Every
+function here takes it as a Flax NNX model (evaluated in eval mode, parameters passed as
+arguments of jitted functions shared by all models, so a second model of the same
+architecture and input shape compiles nothing), as a pair `(apply_fn(params, images),
+params)`, or as a pure `apply_fn(images) -> logits` (jitted once per function object).
 
 Protocols (all noise in [0, 1] pixel space, before any normalization; "balanced" = per-class
 accuracy averaged over the classes present):
@@ -181,22 +182,82 @@ def _take(arr: Any, start: int, stop: int, batch_size: int) -> np.ndarray:
   return a
 
 
-class _Model:
-  """Jitted prediction functions of one classifier, compiled once per input shape."""
+def _check_logits(logits: jax.Array, x: jax.Array) -> None:
+  if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+    raise ValueError(f"apply_fn: expected logits of shape (B, C), got {logits.shape}")
 
-  def __init__(self, apply_fn: ApplyFn, l2_fraction: float):
+
+def _pair_preds(predict: Callable[[jax.Array], jax.Array], key: jax.Array, x: jax.Array,
+                m: jax.Array, sigma: jax.Array, mode: str, l2_fraction: float):
+  noise = jax.random.normal(key, x.shape, x.dtype)
+  x_in, x_out = noisy_pair(noise, x, m, sigma, mode, l2_fraction)
+  return predict(x_in), predict(x_out)
+
+
+class _ParamFn:
+  """Static (hashable) description of `logits = fn(params, images)` for the shared jits.
+
+  Two NNX models of one architecture have equal graph definitions, hence equal `_ParamFn`s:
+  the jit cache of `_predict_params` / `_pair_params` then serves both, and only the
+  parameters (an argument) change.
+  """
+
+  def __init__(self, kind: str, obj: Any):
+    self.kind, self.obj = kind, obj
+
+  def __call__(self, params: Any, x: jax.Array) -> jax.Array:
+    if self.kind == "nnx":
+      from flax import nnx
+      return nnx.merge(self.obj, params)(x)
+    return self.obj(params, x)
+
+  def __eq__(self, other: Any) -> bool:
+    return (isinstance(other, _ParamFn) and self.kind == other.kind
+            and (self.obj == other.obj if self.kind == "nnx" else self.obj is other.obj))
+
+  def __hash__(self) -> int:
+    return hash((self.kind, self.obj if self.kind == "nnx" else id(self.obj)))
+
+
+@functools.partial(jax.jit, static_argnames="fn")
+def _predict_params(fn: _ParamFn, params: Any, x: jax.Array) -> jax.Array:
+  logits = fn(params, x)
+  _check_logits(logits, x)
+  return jnp.argmax(logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "mode", "l2_fraction"))
+def _pair_params(fn: _ParamFn, params: Any, key: jax.Array, x: jax.Array, m: jax.Array,
+                 sigma: jax.Array, mode: str, l2_fraction: float):
+  return _pair_preds(lambda z: _predict_params(fn, params, z), key, x, m, sigma, mode,
+                     l2_fraction)
+
+
+class _Model:
+  """Prediction functions of one classifier, compiled once per input shape.
+
+  A pure `apply_fn(images)` closes over its parameters, so it gets its own jitted functions
+  (cached per function object by `_model_for`). An NNX model or an `(apply_fn(params,
+  images), params)` pair goes through the module-level jits with the parameters as an
+  argument: a second model of the same architecture and input shape compiles nothing.
+  """
+
+  def __init__(self, apply_fn: ApplyFn | None, l2_fraction: float,
+               param_fn: _ParamFn | None = None, params: Any = None):
     self.apply_fn = apply_fn
+    if param_fn is not None:
+      self.predict = functools.partial(_predict_params, param_fn, params)
+      self.pair = lambda key, x, m, sigma, mode: _pair_params(
+          param_fn, params, key, x, m, sigma, mode=mode, l2_fraction=float(l2_fraction))
+      return
 
     def predict(x):
       logits = apply_fn(x)
-      if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        raise ValueError(f"apply_fn: expected logits of shape (B, C), got {logits.shape}")
+      _check_logits(logits, x)
       return jnp.argmax(logits, axis=-1)
 
     def pair(key, x, m, sigma, mode):
-      noise = jax.random.normal(key, x.shape, x.dtype)
-      x_in, x_out = noisy_pair(noise, x, m, sigma, mode, l2_fraction)
-      return predict(x_in), predict(x_out)
+      return _pair_preds(predict, key, x, m, sigma, mode, l2_fraction)
 
     self.predict = jax.jit(predict)
     self.pair = jax.jit(pair, static_argnames="mode")
@@ -207,14 +268,28 @@ def _cached_model(apply_fn: ApplyFn, l2_fraction: float) -> _Model:
   return _Model(apply_fn, l2_fraction)
 
 
-def _model_for(apply_fn: ApplyFn, l2_fraction: float) -> _Model:
-  """Reuses the compiled functions when the same classifier is evaluated again (e.g. on
-  several evaluation sets). Small cache: it keeps the last few classifiers alive."""
+def _model_for(model: Any, l2_fraction: float) -> _Model:
+  """The `_Model` of a classifier given as an NNX module (its eval view), a pair
+  `(apply_fn(params, images), params)` or a pure `apply_fn(images)`.
+
+  A pure apply_fn reuses its compiled functions when evaluated again (e.g. on several
+  evaluation sets); the small cache keeps the last few classifiers alive.
+  """
+  from flax import nnx
+  if isinstance(model, nnx.Module):
+    from spurjax import models
+    graphdef, state = nnx.split(models.eval_view(model))
+    return _Model(None, l2_fraction, _ParamFn("nnx", graphdef), state)
+  if isinstance(model, tuple) and len(model) == 2 and callable(model[0]):
+    return _Model(None, l2_fraction, _ParamFn("fn", model[0]), model[1])
+  if not callable(model):
+    raise ValueError("model: expected an nnx.Module, a callable apply_fn(images) -> logits "
+                     f"or a pair (apply_fn(params, images), params), got {type(model)}")
   try:
-    hash(apply_fn)
+    hash(model)
   except TypeError:
-    return _Model(apply_fn, l2_fraction)
-  return _cached_model(apply_fn, l2_fraction)
+    return _Model(model, l2_fraction)
+  return _cached_model(model, l2_fraction)
 
 
 def _predict_all(model: _Model, images: Any, batch_size: int) -> np.ndarray:
@@ -224,6 +299,21 @@ def _predict_all(model: _Model, images: Any, batch_size: int) -> np.ndarray:
     p = model.predict(_take(images, start, stop, batch_size))
     out[start:stop] = np.asarray(p)[:stop - start]
   return out
+
+
+def predictions(model: Any, images: Any, *, batch_size: int = 250) -> np.ndarray:
+  """Predicted classes argmax_c f(x)_c of a classifier (any form of the module docstring).
+
+  Args:
+    model: NNX model, `(apply_fn(params, images), params)` or pure `apply_fn(images)`.
+    images: `(N, H, W, 3)` in [0, 1].
+    batch_size: evaluation batch size (the last batch is zero-padded: one compilation).
+
+  Returns:
+    `(N,)` int64 predicted classes.
+  """
+  _check_batch_size(batch_size)
+  return _predict_all(_model_for(model, 0.25), images, min(batch_size, max(_n(images), 1)))
 
 
 def _pair_counters(key: jax.Array, model: _Model, images: Any, labels: np.ndarray,
@@ -281,7 +371,7 @@ def rfs(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, masks: Any,
   Args:
     key: PRNG key; the noise of (sigma index i, trial t, batch b) is drawn from
       fold_in(fold_in(fold_in(key, i), t), b), identical in both modes.
-    apply_fn: classifier `(B, H, W, 3) -> (B, C)`.
+    apply_fn: the classifier, in any form of the module docstring.
     images: `(N, H, W, 3)` in [0, 1]; labels: `(N,)`; masks: `(N, H, W)` binary.
     num_classes: K.
     sigmas: noise levels (default {30, ..., 210}/255).
@@ -446,7 +536,7 @@ def shift_accuracy(apply_fn: ApplyFn, images: Any, labels: Any,
           "shift_drop_rel": (a_id - a_sh) / a_id if a_id > 0 else None}
 
 
-def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
+def evaluate(key: jax.Array, model: Any, data: evalset_lib.EvalSet, *,
              batch_size: int = 250, sigmas: Sequence[float] = RFS_SIGMAS,
              rfs_trials: int = 1, rfs_modes: Sequence[str] = NOISE_MODES,
              l2_fraction: float = 0.25, salient_sigma: float = SALIENT_SIGMA,
@@ -460,7 +550,14 @@ def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
 
   Args:
     key: PRNG key for the noise of RFS and Salient.
-    apply_fn: classifier `(B, H, W, 3) -> (B, C)`, pure; jitted once per input shape.
+    model: the classifier, one of
+      * an `nnx.Module` (evaluated in its eval view): its parameters are passed to jitted
+        functions shared by every model, so a second model of the same architecture and
+        input shape compiles nothing;
+      * a pair `(apply_fn(params, images) -> logits, params)`: the same, for any pure
+        function (compiles once per function object and input shape);
+      * a pure `apply_fn(images) -> logits` `(B, H, W, 3) -> (B, C)` (closing over its
+        parameters): jitted once per function object and input shape.
     data: an `EvalSet` (from `spurjax.data.make_eval_set` or a `spurjax.loaders` loader).
     batch_size: evaluation batch size (the last batch is zero-padded, so one compilation).
     sigmas: RFS noise levels.
@@ -478,8 +575,6 @@ def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
   """
   if not isinstance(data, evalset_lib.EvalSet):
     raise ValueError(f"data: expected an EvalSet, got {type(data)}")
-  if not callable(apply_fn):
-    raise ValueError("apply_fn: must be callable images -> logits")
   for m in rfs_modes:
     if m not in NOISE_MODES:
       raise ValueError(f"rfs_modes: unknown mode {m!r}; known: {NOISE_MODES}")
@@ -487,26 +582,27 @@ def evaluate(key: jax.Array, apply_fn: ApplyFn, data: evalset_lib.EvalSet, *,
   sizes = [len(data)] + [_n(v.images) for v in (data.variants or {}).values()] + [
       _n(p.images) for p in (data.groups, data.shifted) if p is not None]
   batch_size = min(batch_size, max(sizes))  # No padding beyond the largest part.
-  model = _model_for(apply_fn, float(l2_fraction))
+  clf = _model_for(model, float(l2_fraction))
+  apply_fn = clf.apply_fn
   k = data.num_classes
   k_rfs, k_sal = jax.random.split(key)
   out: dict[str, float | None] = {name: None for name in REQUIRED_KEYS}
   out.update(clean_accuracy(apply_fn, data.images, data.labels, k, batch_size=batch_size,
-                            _model=model))
+                            _model=clf))
   if data.masks is not None:
     for mode in rfs_modes:
       out.update(rfs(k_rfs, apply_fn, data.images, data.labels, data.masks, k, sigmas=sigmas,
                      trials=rfs_trials, mode=mode, l2_fraction=l2_fraction,
-                     batch_size=batch_size, _model=model))
+                     batch_size=batch_size, _model=clf))
   if data.soft_masks is not None:
     out.update(salient(k_sal, apply_fn, data.images, data.labels, data.soft_masks, k,
                        sigma=salient_sigma, trials=salient_trials,
-                       marker_masks=data.marker_masks, batch_size=batch_size, _model=model))
+                       marker_masks=data.marker_masks, batch_size=batch_size, _model=clf))
   if data.variants is not None:
-    out.update(in9(apply_fn, data.variants, k, batch_size=batch_size, _model=model))
+    out.update(in9(apply_fn, data.variants, k, batch_size=batch_size, _model=clf))
   if data.groups is not None:
-    out.update(group_accuracy(apply_fn, data.groups, batch_size=batch_size, _model=model))
+    out.update(group_accuracy(apply_fn, data.groups, batch_size=batch_size, _model=clf))
   if data.shifted is not None:
     out.update(shift_accuracy(apply_fn, data.images, data.labels, data.shifted, k,
-                              batch_size=batch_size, _model=model))
+                              batch_size=batch_size, _model=clf))
   return out

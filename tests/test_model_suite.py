@@ -98,6 +98,8 @@ def test_suite_killed_resumes_without_retraining_and_gives_the_same_table(tmp_pa
   assert not [p for p in os.listdir(work) if p.endswith(".tmp")]
   rows = _rows(os.path.join(work, "reliance.csv"))
   assert set(REQUIRED) <= set(rows[0])
+  # AutoAttack columns exist; the small preset skips them (aa_version "none").
+  assert {r["aa_acc_linf"] for r in rows} == {""}
   assert [(r["model"], r["norm"]) for r in rows] == [(STD, "none"), (L2, "l2"), (LINF, "linf")]
   for r in rows:
     for k in REQUIRED[5:]:

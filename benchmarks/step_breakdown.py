@@ -1,0 +1,197 @@
+"""Where a PGD step of the small CNN spends its time on XLA:CPU, against the matmul peak.
+
+Run by hand, never as a test:
+
+  python benchmarks/step_breakdown.py [--sizes 32,64] [--batch 128] [--width 32]
+
+One PGD step is a forward pass and an input-gradient backward pass of the eval-mode model.
+With `Im2colConv` every convolution is one GEMM on im2col patches, `(B H W, 9 Cin) x
+(9 Cin, Cout)` forward and `(B H W, Cout) x (Cout, 9 Cin)` for the input gradient, so the
+step splits into
+  * the GEMMs alone (the exact shapes of the model, timed as one jitted function), and
+  * everything else (patch extraction and its transpose, a sum of 9 shifted slices; eval
+    BatchNorm, ReLU and their gradients; the 2x2 max-pool and its mask; the head),
+and each part is reported as a fraction of the step and in GFLOP/s against a float32
+matmul peak (2048^2 x 2048) measured in the same run. All figures are medians of
+`--repeats` timed calls; ratios within one run are meaningful on a loaded machine, absolute
+figures are not. Then the l1 PGD step's extra work (SLIDE direction, l1-ball-and-box
+projection) against the l2 step's, as implemented and as proposed (`--l1_only`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from spurjax import attacks  # noqa: E402
+from spurjax import models  # noqa: E402
+
+
+def _time(fn, repeats):
+  """Median seconds of `fn()` (which blocks) over `repeats` calls after one warm-up."""
+  fn()
+  ts = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t)
+  return float(np.median(ts))
+
+
+def gemm_shapes(size, width):
+  """(M, K, N) of the three im2col convolutions of `SmallCNN` at `size` x `size`."""
+  w = width
+  return [(size * size, 27, w), ((size // 2) ** 2, 9 * w, 2 * w),
+          ((size // 4) ** 2, 18 * w, 4 * w)]
+
+
+def _kth_by_bisection(a, k, iters=32):
+  """Proposed replacement of `lax.top_k(a, k)[0][:, -1:]` in `attacks._l1_direction`:
+  the largest t with #{a >= t} >= k per row, by bisection on t (32 compare-and-count
+  passes over `(B, d)`; XLA:CPU lowers top_k to a full sort per row)."""
+  lo = jnp.zeros((a.shape[0], 1), a.dtype)
+  hi = jnp.max(a, axis=1, keepdims=True)
+
+  def body(_, lh):
+    l, h = lh
+    m = 0.5 * (l + h)
+    ok = jnp.sum(a >= m, axis=1, keepdims=True) >= k
+    return jnp.where(ok, m, l), jnp.where(ok, h, m)
+
+  return jax.lax.fori_loop(0, iters, body, (lo, hi))[0]
+
+
+def _project_l1_box_flat(delta, x, eps):
+  """`attacks._project_l1_box` computed on the `(B, H W C)` view: the same arithmetic, one
+  reduction axis instead of three (XLA:CPU fuses the 32 bisection passes far better)."""
+  shape = delta.shape
+  delta, x = delta.reshape(shape[0], -1), x.reshape(shape[0], -1)
+  room = jnp.where(delta > 0, 1.0 - x, x)
+  a = jnp.abs(delta)
+
+  def size(theta):
+    return jnp.sum(jnp.clip(a - theta, 0.0, room), axis=1, keepdims=True)
+
+  zero = jnp.zeros((shape[0], 1), a.dtype)
+  top = jnp.max(a, axis=1, keepdims=True)
+  _, theta = attacks._bisect(lambda t: size(t) > eps, zero, top)  # pylint: disable=protected-access
+  theta = jnp.where(size(zero) <= eps, zero, theta)
+  return (jnp.sign(delta) * jnp.clip(a - theta, 0.0, room)).reshape(shape)
+
+
+def l1_parts(size, batch, repeats):
+  """The l1 PGD step's extra work (direction and projection) against the l2 step's, as
+  implemented in `spurjax.attacks` and as proposed above; checks the proposals agree."""
+  # pylint: disable=protected-access
+  g = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
+  x = jax.random.uniform(jax.random.key(1), (batch, size, size, 3))
+  d = 0.01 * jax.random.normal(jax.random.key(2), (batch, size, size, 3))
+  a = jnp.abs(g).reshape(batch, -1)
+  k = max(1, int(np.ceil(0.01 * a.shape[1])))
+  fs = {
+      "l1 direction (top_k)": (jax.jit(lambda g, x: attacks._l1_direction(g, x, 0.99)), g, x),
+      "  its top_k alone": (jax.jit(lambda a: jax.lax.top_k(a, k)[0][:, -1:]), a),
+      "  kth by bisection": (jax.jit(lambda a: _kth_by_bisection(a, k)), a),
+      "l2 direction": (jax.jit(lambda g, x: attacks._l2_direction(g, x, 0.99)), g, x),
+      "l1 projection": (jax.jit(lambda d, x: attacks._project_l1_box(d, x, 10.0)), d, x),
+      "  on the (B, d) view": (jax.jit(lambda d, x: _project_l1_box_flat(d, x, 10.0)), d, x),
+      "l2 projection": (jax.jit(lambda d, x: attacks._project_l2_box(d, x, 0.5)), d, x),
+  }
+  print(f"\nl1 vs l2 PGD-step extras at {size}x{size}, batch {batch} (ms):")
+  for name, (f, *args) in fs.items():
+    t = _time(lambda: jax.block_until_ready(f(*args)), repeats)
+    print(f"  {name:24s} {t * 1e3:8.2f}")
+  same = np.array_equal(np.asarray(jnp.sum(a >= _kth_by_bisection(a, k), axis=1)),
+                        np.asarray(jnp.sum(a >= jax.lax.top_k(a, k)[0][:, -1:], axis=1)))
+  diff = float(jnp.max(jnp.abs(attacks._project_l1_box(d, x, 10.0)
+                               - _project_l1_box_flat(d, x, 10.0))))
+  print(f"  kth by bisection keeps the same coordinates as top_k: {same}; flat projection "
+        f"max |difference| {diff:.1e}")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--sizes", default="32,64")
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--width", type=int, default=32)
+  p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--l1_only", action="store_true", help="only the l1-vs-l2 extras")
+  args = p.parse_args()
+  if args.l1_only:
+    for size in (int(s) for s in args.sizes.split(",")):
+      l1_parts(size, args.batch, args.repeats)
+    return
+  n = 2048
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  mm = jax.jit(lambda a: a @ a)
+  peak = 2 * n ** 3 / _time(lambda: mm(a).block_until_ready(), args.repeats) / 1e9
+  print(f"devices {jax.devices()}; load average {os.getloadavg()[0]:.1f}; "
+        f"matmul peak {peak:.1f} GFLOP/s")
+  for size in (int(s) for s in args.sizes.split(",")):
+    b = args.batch
+    model = models.make_model("small_cnn", 10, width=args.width, rngs=nnx.Rngs(0))
+    flops = models.forward_flops(model, (size, size, 3))
+    graphdef, state = nnx.split(models.eval_view(model))
+    x = jax.random.uniform(jax.random.key(1), (b, size, size, 3))
+    y = jax.random.randint(jax.random.key(2), (b,), 0, 10)
+
+    @jax.jit
+    def forward(state, x):
+      return nnx.merge(graphdef, state)(x)
+
+    @jax.jit
+    def pgd_step(state, x, y):
+      loss = attacks.make_loss_fn(nnx.merge(graphdef, state))
+      return jax.grad(lambda z: jnp.sum(loss(z, y)))(x)
+
+    shapes = [(b * m, k, c) for m, k, c in gemm_shapes(size, args.width)]
+    ops = [(jax.random.normal(jax.random.key(3), (m, k)),
+            jax.random.normal(jax.random.key(4), (k, c)),
+            jax.random.normal(jax.random.key(5), (m, c))) for m, k, c in shapes]
+
+    @jax.jit
+    def gemms(ops):  # forward GEMMs and the input-gradient GEMMs of one step
+      return [(lhs @ rhs, dy @ rhs.T) for lhs, rhs, dy in ops]
+
+    @jax.jit
+    def gemms_fwd(ops):
+      return [lhs @ rhs for lhs, rhs, _ in ops]
+
+    t_fwd = _time(lambda: forward(state, x).block_until_ready(), args.repeats)
+    t_step = _time(lambda: pgd_step(state, x, y).block_until_ready(), args.repeats)
+    t_gemm = _time(lambda: jax.block_until_ready(gemms(ops)), args.repeats)
+    t_gemm_fwd = _time(lambda: jax.block_until_ready(gemms_fwd(ops)), args.repeats)
+    gemm_flops = sum(2 * m * k * c for m, k, c in shapes)
+    print(f"\nsmall_cnn {size}x{size}, batch {b}, width {args.width}: "
+          f"{flops / 1e9:.4f} GFLOP/image forward")
+    print(f"  forward           {t_fwd * 1e3:8.1f} ms  {b * flops / t_fwd / 1e9:7.1f} GFLOP/s "
+          f"({100 * b * flops / t_fwd / 1e9 / peak:3.0f}% of peak)")
+    print(f"  PGD step (fwd+dx) {t_step * 1e3:8.1f} ms  "
+          f"{2 * b * flops / t_step / 1e9:7.1f} GFLOP/s "
+          f"({100 * 2 * b * flops / t_step / 1e9 / peak:3.0f}% of peak)")
+    print(f"  its GEMMs alone   {t_gemm * 1e3:8.1f} ms  {2 * gemm_flops / t_gemm / 1e9:7.1f} "
+          f"GFLOP/s ({100 * 2 * gemm_flops / t_gemm / 1e9 / peak:3.0f}% of peak); "
+          f"{100 * t_gemm / t_step:3.0f}% of the step")
+    for (m, k, c), (lhs, rhs, dy) in zip(shapes, ops):
+      f1 = jax.jit(lambda lhs, rhs: lhs @ rhs)
+      f2 = jax.jit(lambda dy, rhs: dy @ rhs.T)
+      t1 = _time(lambda: f1(lhs, rhs).block_until_ready(), args.repeats)
+      t2 = _time(lambda: f2(dy, rhs).block_until_ready(), args.repeats)
+      print(f"    GEMM M={m:7d} K={k:4d} N={c:4d}: fwd {2 * m * k * c / t1 / 1e9:6.1f}, "
+            f"dx {2 * m * k * c / t2 / 1e9:6.1f} GFLOP/s")
+    print(f"  forward GEMMs     {t_gemm_fwd * 1e3:8.1f} ms = {100 * t_gemm_fwd / t_fwd:3.0f}% "
+          f"of the forward")
+    l1_parts(size, b, args.repeats)
+
+
+if __name__ == "__main__":
+  main()
