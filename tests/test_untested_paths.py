@@ -232,9 +232,10 @@ def test_fit_adversarial_linear_matches_a_conic_solver(norm):
   assert prob.status == cp.OPTIMAL
   dual = np.linalg.norm(w.value, np.inf if q == "inf" else 1)
   ref = np.mean((np.abs(xn @ w.value - yn) + eps * dual) ** 2)
-  # Adam with a cosine-decayed step (2000 steps) reaches the optimum to ~1e-6 relative.
+  # Adam with a cosine-decayed step (2000 steps) reaches the optimum to 1.4e-6 relative in
+  # the risk and 6e-5 in the weights (measured, both norms).
   assert risk_fit == pytest.approx(ref, rel=1e-5)
-  np.testing.assert_allclose(w_fit, w.value, atol=2e-3)
+  np.testing.assert_allclose(w_fit, w.value, atol=2e-4)
 
 
 # --------------------------------------------------------------------------------- sims
