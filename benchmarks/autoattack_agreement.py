@@ -138,6 +138,10 @@ def main():
     xa, counts = aa.autoattack(key, model, x, y, norm=norm, eps=eps, return_counts=True)
     t_sj = time.perf_counter() - t
     acc_sj = float(np.mean(np.asarray(jnp.argmax(logits_jax(state, xa), -1)) == y))
+    # Every returned point is checked: inside the ball (norm of the float32
+    # difference) and the box.
+    dist = np.asarray(attacks.lp_norm(jnp.asarray(xa - x, jnp.float32), norm))
+    assert dist.max() <= eps * (1 + 1e-6) and 0.0 <= xa.min() and xa.max() <= 1.0, dist.max()
     t = time.perf_counter()
     atk = torchattacks.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
                                   version="standard", n_classes=10, seed=0)
@@ -145,12 +149,16 @@ def main():
     t_ta = time.perf_counter() - t
     with torch.no_grad():
       acc_ta = float((net(xta).argmax(1) == yt).float().mean())
+    xta_np = xta.numpy().transpose(0, 2, 3, 1)
+    dist_ta = float(np.max(np.asarray(attacks.lp_norm(jnp.asarray(xta_np - x), norm))))
     pgd_acc = train.evaluate_accuracy(model, x, y, norm=norm, eps=eps, steps=50,
                                       key=jax.random.key(1))
     rows.append(dict(norm=norm, eps=eps, n=args.n, clean=clean, pgd50=pgd_acc,
                      spurjax_aa=acc_sj, torchattacks_aa=acc_ta,
                      spurjax_img_s=args.n / t_sj, torchattacks_img_s=args.n / t_ta,
-                     speed_ratio=t_ta / t_sj, counts=counts))
+                     speed_ratio=t_ta / t_sj, counts=counts,
+                     max_dist_over_eps=dict(spurjax=float(dist.max() / eps),
+                                            torchattacks=dist_ta / eps)))
     print(rows[-1], flush=True)
   print(f"trained {args.steps} steps in {t_train:.0f}s; torch copy max |logit diff| "
         f"{diff:.2e}; devices: {jax.devices()}")
