@@ -248,3 +248,29 @@ def test_apgd_bad_input_raises_naming_argument(kwargs, name):
   loss = lambda xa, ya: jnp.sum(xa, axis=(1, 2, 3))
   with pytest.raises(ValueError, match=rf"^{name}:"):
     aa.apgd(jax.random.key(0), loss, np.full(SHAPE, 0.5, np.float32), None, **args)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_default_pgd_finds_the_far_side_when_the_box_blocks_the_near_one(norm):
+  """The residual's side is not always the worst: with most pixels saturated against +w the
+  loss grows little that way, and far more the other way. Default `pgd` (whose random start
+  and first gradient point to +w) must still reach >= 0.99 of the exact worst case."""
+  n, shape = 64, (8, 8, 3)
+  key = jax.random.key(300 + NORMS.index(norm))
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  w = jax.random.normal(k1, shape)
+  blocked = jax.random.uniform(k2, (n,) + shape) < 0.97
+  x = jnp.where(blocked, (w > 0).astype(jnp.float32)[None], jax.random.uniform(k3, (n,) + shape))
+  eps = {"linf": 8 / 255, "l2": 0.5, "l1": 4.0}[norm]
+  f = lambda xa: jnp.sum(w[None] * xa, axis=(1, 2, 3))
+  up = jnp.sum(w[None] * attacks.linear_worst_case(w, x, norm=norm, eps=eps), axis=(1, 2, 3))
+  dn = -jnp.sum(w[None] * attacks.linear_worst_case(-w, x, norm=norm, eps=eps), axis=(1, 2, 3))
+  # r > 0 on the scale of the near side's effect: the gradient points to +w throughout.
+  r = jnp.abs(jax.random.normal(k4, (n,))) * jnp.mean(up)
+  t = f(x) - r
+  loss = lambda xa, t: (f(xa) - t) ** 2
+  worst = np.asarray(jnp.maximum((r + up) ** 2, (r - dn) ** 2))
+  assert (worst > 1.5 * np.asarray((r + up) ** 2)).mean() > 0.5  # the far side matters
+  x_adv = jax.jit(functools.partial(attacks.pgd, loss_fn=loss, norm=norm, eps=eps, steps=50))(
+      jax.random.key(2), x=x, y=t)
+  _check_regression(x_adv, x, t, eps, loss, worst, norm, 0.99)
