@@ -5,15 +5,19 @@ string, never vmapped):
 
   init(key, x, eps)           a random start *inside* the ball (direction uniform, radius
                               eps * U[0, 1]; uniform in the cube for l_inf),
-  direction(g, x_adv, q)      the steepest-ascent unit direction for the gradient `g`,
+  direction(g, x, eps)        the steepest-ascent unit direction for the gradient `g`,
   project(delta, x, eps)      the exact Euclidean projection onto the ball intersected with
-                              the box {0 <= x + delta <= 1}.
+                              the box {0 <= x + delta <= 1},
+  vertex(g, x, eps)           the linear maximiser argmax_u g . u over the ball and the box.
 
 `pgd` iterates, for t = 1..steps (Madry et al. 2018),
 
   delta <- Proj_{B_eps and box}(delta + a * dir(grad_x sum_i loss_i(x + delta)))
 
-in one `lax.fori_loop`, and returns, per example, the iterate with the highest loss. The
+in one `lax.fori_loop`, and returns, per example, the iterate with the highest loss. With the
+default step size the first step is infinitely long, i.e. it goes to `vertex(+-g)` (both
+ends evaluated, the better continued): a loss convex along that segment, such as a squared
+error, peaks at one of its ends, and the random start alone may sit on the wrong side. The
 projection onto the intersection (rather than onto the ball, then clipping) makes fixed points
 optimal for linear losses: for l_inf both sets are coordinate-wise clips; for l2 and l1 the
 KKT conditions reduce it to one scalar multiplier per example, found by bisection. For l1 this
@@ -21,9 +25,10 @@ is Duchi et al.'s (ICML 2008) soft threshold with per-coordinate caps, and equal
 box does not bind. (optax's `projection_l1_ball` returns NaN at radius 0; the bisection here
 has no division.)
 
-l1 steps follow Tramer & Boneh (NeurIPS 2019, "SLIDE"): only coordinates whose |g| is in the
-top `1 - l1_sparsity` fraction move, after zeroing gradient entries that would push a pixel
-past the box.
+l1 steps are `vertex(g) / eps`: the step goes to the largest |g_i| while it has room towards
+the box, then to the next (the fractional knapsack, thresholded by bisection, never sorted).
+Tramer & Boneh's SLIDE step (NeurIPS 2019, equal moves on the top 1% of |g|) had fixed points
+at an equal split of unequal coordinates that were not optima.
 
 The returned point is `x + delta` rounded towards `x` (`_inward_point`), so that
 ||x_adv - x||_p <= eps holds for the float32 values themselves, not only up to rounding.
@@ -200,7 +205,10 @@ def _project_l2_box(delta, x, eps):
   KKT: u = clip(s v, -x, 1 - x) with s = 1 / (1 + mu) in (0, 1], mu >= 0 the multiplier
   of the ball; ||u|| is increasing in s, so s is found by bisection (s = 1 when the clipped
   point already lies in the ball). The returned s is the feasible end of the bracket.
+  Computed on the `(B, d)` view (one reduction axis fuses better on XLA:CPU).
   """
+  shape = delta.shape
+  delta, x = delta.reshape(shape[0], -1), x.reshape(shape[0], -1)
   lo, hi = -x, 1.0 - x
 
   def size(s):  # s: (B, 1, ..., 1)
@@ -210,7 +218,7 @@ def _project_l2_box(delta, x, eps):
   inside = size(one) <= eps
   s_feasible, _ = _bisect(lambda s: size(s) <= eps, jnp.zeros_like(one), one)
   s = jnp.where(inside, one, s_feasible)
-  return jnp.clip(s * delta, lo, hi)
+  return jnp.clip(s * delta, lo, hi).reshape(shape)
 
 
 def _project_l1_box(delta, x, eps):
@@ -396,7 +404,10 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
 
   For t = 1..steps:  delta <- clip(x + Proj_eps(delta + a dir_p(g)), 0, 1) - x,  with
   g = grad_delta sum_i loss_i(x + delta) and dir_p the steepest-ascent unit direction of the
-  norm (sign(g) for l_inf, g/||g||_2 for l2, the SLIDE sparse step for l1). The gradient of
+  norm (sign(g) for l_inf, g/||g||_2 for l2, the ball-and-box linear maximiser over eps for
+  l1). With `step_size=None` the first step is of infinite length: to the linear maximiser
+  of +g and of -g over the ball and the box (both evaluated, the better one continued),
+  then `steps - 1` steps of `2.5 eps / steps`. The gradient of
   the summed loss gives every example its own gradient, as examples are independent in eval
   mode. Not jitted itself: call it inside `jax.jit` (norm, steps, random_start, l1_sparsity
   static; eps and step_size may be traced).
@@ -410,11 +421,13 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
     norm: "l1", "l2" or "linf".
     eps: radius >= 0 (scalar).
     steps: number of ascent steps (static int >= 0).
-    step_size: `a`; defaults to `2.5 eps / steps`.
+    step_size: constant step `a` for all `steps` steps; None (default) for the schedule
+      above (first step to the better vertex, then `2.5 eps / steps`).
     random_start: start from a point drawn inside the ball (direction uniform, radius
       `eps * U[0, 1]`, then clipped to the box) instead of from `x`.
-    l1_sparsity: l1 only: the percentile of |g| below which coordinates are not moved
-      (0.99 moves the top 1%).
+    l1_sparsity: validated to lie in [0, 1) and otherwise unused: the l1 step is the exact
+      ball-and-box steepest ascent, which picks its own coordinates (kept so that existing
+      calls still work).
     num_classes: if given, concrete labels are checked to lie in `[0, num_classes)`.
 
   Returns:
@@ -506,7 +519,7 @@ def fgsm(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, norm: str = "linf"
   """Fast gradient (sign) method: one steepest-ascent step of length `eps` from `x`.
 
   `x_adv = clip(x + eps * sign(grad_x sum_i loss_i(x, y)), 0, 1)` for l_inf (Goodfellow et
-  al. 2015); for l2/l1 the l2 / SLIDE direction of the same length. Equal to
+  al. 2015); for l2/l1 the l2 / l1 steepest-ascent direction of the same length. Equal to
   `pgd(..., steps=1, step_size=eps, random_start=False)`.
 
   Args:
