@@ -14,8 +14,9 @@ step splits into
 and each part is reported as a fraction of the step and in GFLOP/s against a float32
 matmul peak (2048^2 x 2048) measured in the same run. All figures are medians of
 `--repeats` timed calls; ratios within one run are meaningful on a loaded machine, absolute
-figures are not. Then the l1 PGD step's extra work (SLIDE direction, l1-ball-and-box
-projection) against the l2 step's, as implemented and as proposed (`--l1_only`).
+figures are not. Then the l1 PGD step's extra work (knapsack direction, l1-ball-and-box
+projection) against the l2 step's (`--l1_only`), and the l1 against the l2 adversarial
+training step (`--train`).
 """
 
 from __future__ import annotations
@@ -54,68 +55,51 @@ def gemm_shapes(size, width):
           ((size // 4) ** 2, 18 * w, 4 * w)]
 
 
-def _kth_by_bisection(a, k, iters=32):
-  """Proposed replacement of `lax.top_k(a, k)[0][:, -1:]` in `attacks._l1_direction`:
-  the largest t with #{a >= t} >= k per row, by bisection on t (32 compare-and-count
-  passes over `(B, d)`; XLA:CPU lowers top_k to a full sort per row)."""
-  lo = jnp.zeros((a.shape[0], 1), a.dtype)
-  hi = jnp.max(a, axis=1, keepdims=True)
-
-  def body(_, lh):
-    l, h = lh
-    m = 0.5 * (l + h)
-    ok = jnp.sum(a >= m, axis=1, keepdims=True) >= k
-    return jnp.where(ok, m, l), jnp.where(ok, h, m)
-
-  return jax.lax.fori_loop(0, iters, body, (lo, hi))[0]
-
-
-def _project_l1_box_flat(delta, x, eps):
-  """`attacks._project_l1_box` computed on the `(B, H W C)` view: the same arithmetic, one
-  reduction axis instead of three (XLA:CPU fuses the 32 bisection passes far better)."""
-  shape = delta.shape
-  delta, x = delta.reshape(shape[0], -1), x.reshape(shape[0], -1)
-  room = jnp.where(delta > 0, 1.0 - x, x)
-  a = jnp.abs(delta)
-
-  def size(theta):
-    return jnp.sum(jnp.clip(a - theta, 0.0, room), axis=1, keepdims=True)
-
-  zero = jnp.zeros((shape[0], 1), a.dtype)
-  top = jnp.max(a, axis=1, keepdims=True)
-  _, theta = attacks._bisect(lambda t: size(t) > eps, zero, top)  # pylint: disable=protected-access
-  theta = jnp.where(size(zero) <= eps, zero, theta)
-  return (jnp.sign(delta) * jnp.clip(a - theta, 0.0, room)).reshape(shape)
-
-
 def l1_parts(size, batch, repeats):
-  """The l1 PGD step's extra work (direction and projection) against the l2 step's, as
-  implemented in `spurjax.attacks` and as proposed above; checks the proposals agree."""
+  """The l1 PGD step's extra work (direction and projection) against the l2 step's."""
   # pylint: disable=protected-access
   g = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   x = jax.random.uniform(jax.random.key(1), (batch, size, size, 3))
   d = 0.01 * jax.random.normal(jax.random.key(2), (batch, size, size, 3))
-  a = jnp.abs(g).reshape(batch, -1)
-  k = max(1, int(np.ceil(0.01 * a.shape[1])))
   fs = {
-      "l1 direction (top_k)": (jax.jit(lambda g, x: attacks._l1_direction(g, x, 0.99)), g, x),
-      "  its top_k alone": (jax.jit(lambda a: jax.lax.top_k(a, k)[0][:, -1:]), a),
-      "  kth by bisection": (jax.jit(lambda a: _kth_by_bisection(a, k)), a),
-      "l2 direction": (jax.jit(lambda g, x: attacks._l2_direction(g, x, 0.99)), g, x),
+      "l1 direction (knapsack)": (jax.jit(lambda g, x: attacks._l1_direction(g, x, 10.0)), g, x),
+      "l2 direction": (jax.jit(lambda g, x: attacks._l2_direction(g, x, 0.5)), g, x),
       "l1 projection": (jax.jit(lambda d, x: attacks._project_l1_box(d, x, 10.0)), d, x),
-      "  on the (B, d) view": (jax.jit(lambda d, x: _project_l1_box_flat(d, x, 10.0)), d, x),
       "l2 projection": (jax.jit(lambda d, x: attacks._project_l2_box(d, x, 0.5)), d, x),
   }
   print(f"\nl1 vs l2 PGD-step extras at {size}x{size}, batch {batch} (ms):")
   for name, (f, *args) in fs.items():
     t = _time(lambda: jax.block_until_ready(f(*args)), repeats)
     print(f"  {name:24s} {t * 1e3:8.2f}")
-  same = np.array_equal(np.asarray(jnp.sum(a >= _kth_by_bisection(a, k), axis=1)),
-                        np.asarray(jnp.sum(a >= jax.lax.top_k(a, k)[0][:, -1:], axis=1)))
-  diff = float(jnp.max(jnp.abs(attacks._project_l1_box(d, x, 10.0)
-                               - _project_l1_box_flat(d, x, 10.0))))
-  print(f"  kth by bisection keeps the same coordinates as top_k: {same}; flat projection "
-        f"max |difference| {diff:.1e}")
+
+
+def train_steps(size, batch, repeats, adv_steps=7):
+  """Median time of one l1 and one l2 adversarial training step (small CNN), alternated in
+  the same run so that load affects both alike; prints l1 / l2."""
+  # pylint: disable=protected-access
+  from spurjax import train  # noqa: E402
+  shape = (size, size, 3)
+  x = jax.random.uniform(jax.random.key(1), (batch, *shape))
+  y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
+  runs = {}
+  for norm, eps in (("l2", 0.5), ("l1", 10.0)):
+    cfg = train.TrainConfig(num_classes=10, width=32, image_shape=shape, batch_size=batch,
+                            adv_norm=norm, adv_eps=eps, adv_steps=adv_steps, steps=10 ** 6)
+    gd, state = train._init(cfg)
+    runs[norm] = (train._step_fn(gd, cfg, train.data_mesh()), [jax.device_put(state)])
+  ts = {n: [] for n in runs}
+  for i in range(repeats + 1):
+    for norm, (step, holder) in runs.items():
+      t = time.perf_counter()
+      holder[0], metrics = step(holder[0], x, y, jax.random.key(i))
+      jax.block_until_ready(metrics)
+      if i:  # the first call compiles
+        ts[norm].append(time.perf_counter() - t)
+  med = {n: float(np.median(v)) for n, v in ts.items()}
+  print(f"\nadversarial training step, small_cnn {size}x{size}, batch {batch}, {adv_steps} PGD "
+        f"steps, median of {repeats} (load average {os.getloadavg()[0]:.1f}): l2 "
+        f"{med['l2'] * 1e3:.0f} ms, l1 {med['l1'] * 1e3:.0f} ms, l1 / l2 = "
+        f"{med['l1'] / med['l2']:.2f}")
 
 
 def main():
@@ -125,10 +109,15 @@ def main():
   p.add_argument("--width", type=int, default=32)
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--l1_only", action="store_true", help="only the l1-vs-l2 extras")
+  p.add_argument("--train", action="store_true",
+                 help="only the l1 vs l2 adversarial training step")
   args = p.parse_args()
-  if args.l1_only:
+  if args.l1_only or args.train:
     for size in (int(s) for s in args.sizes.split(",")):
-      l1_parts(size, args.batch, args.repeats)
+      if args.l1_only:
+        l1_parts(size, args.batch, args.repeats)
+      if args.train:
+        train_steps(size, args.batch, args.repeats)
     return
   n = 2048
   a = jax.random.normal(jax.random.key(0), (n, n))

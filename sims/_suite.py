@@ -75,8 +75,9 @@ def data_config(settings: Mapping[str, Any]):
 def train_config(config: Mapping[str, Any], spec: ModelSpec):
   """The `spurjax.train.TrainConfig` of one model of the suite.
 
-  The PGD step inside training is `2.5 eps / adv_steps` (the engine's default); the log and
-  checkpoint intervals never exceed the run length.
+  The PGD steps inside training follow the engine's default schedule (first step to the better
+  vertex, then `2.5 eps / adv_steps`); the log and checkpoint intervals never exceed the run
+  length.
   """
   from spurjax import train
   s = int(config["image_size"])

@@ -8,7 +8,7 @@ every model):
   worst-group accuracy; ObjectNet-style shift drop (docs/benchmarks.md);
 - `uncorr_acc`: accuracy on the "uncorrelated" domain (P(background = class) = 1/K);
 - `pgd_acc_<norm>`: accuracy under a `pgd_steps`-step PGD (random start, cross-entropy,
-  step 2.5 eps / steps) at one fixed radius per norm: l1 `eps_eval_l1`, l2 `eps_eval_l2`,
+  default step schedule) at one fixed radius per norm: l1 `eps_eval_l1`, l2 `eps_eval_l2`,
   l_inf `eps_eval_linf` / 255, on the in-distribution test images;
 - `aa_acc_<norm>`: robust accuracy under `spurjax.autoattack.autoattack` (version
   `aa_version`: "standard" = APGD-CE, APGD-T, FAB-T, Square; "fast" = APGD-CE and APGD-T

@@ -5,7 +5,7 @@ and every benchmark given on the command line:
 - `imagenet` (`--imagenet`, its `val/` folder: the 1000 class folders of ImageNet-1k val,
   class index = sorted folder order, resize 256 + center-crop 224): `clean_acc` and robust
   accuracy at one radius per norm of `attack_norms` with `pgd_steps`-step PGD
-  (`pgd_acc_<norm>`, random start, cross-entropy, step 2.5 eps / steps) and AutoAttack
+  (`pgd_acc_<norm>`, random start, cross-entropy, default step schedule) and AutoAttack
   (`aa_acc_<norm>`, `spurjax.attacks.autoattack`; `aa_version` "standard" = APGD-CE,
   APGD-T, FAB-T, Square, "fast" = APGD-CE and APGD-T, "none" skips it), on `n_robust`
   images. AutoAttack is the robust accuracy to report; PGD is kept as its own column;
@@ -332,7 +332,7 @@ class Backend:
 
 
 def pgd_attack(model, logits_fn, *, norm, eps, config):
-  """`pgd_steps`-step PGD (cross-entropy, random start, step 2.5 eps / steps), jitted."""
+  """`pgd_steps`-step PGD (cross-entropy, random start, default step schedule), jitted."""
   import jax
   from spurjax import attacks
   loss_fn = attacks.make_loss_fn(logits_fn)

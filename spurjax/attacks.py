@@ -5,15 +5,19 @@ string, never vmapped):
 
   init(key, x, eps)           a random start *inside* the ball (direction uniform, radius
                               eps * U[0, 1]; uniform in the cube for l_inf),
-  direction(g, x_adv, q)      the steepest-ascent unit direction for the gradient `g`,
+  direction(g, x, eps)        the steepest-ascent unit direction for the gradient `g`,
   project(delta, x, eps)      the exact Euclidean projection onto the ball intersected with
-                              the box {0 <= x + delta <= 1}.
+                              the box {0 <= x + delta <= 1},
+  vertex(g, x, eps)           the linear maximiser argmax_u g . u over the ball and the box.
 
 `pgd` iterates, for t = 1..steps (Madry et al. 2018),
 
   delta <- Proj_{B_eps and box}(delta + a * dir(grad_x sum_i loss_i(x + delta)))
 
-in one `lax.fori_loop`, and returns, per example, the iterate with the highest loss. The
+in one `lax.fori_loop`, and returns, per example, the iterate with the highest loss. With the
+default step size the first step is infinitely long, i.e. it goes to `vertex(+-g)` (both
+ends evaluated, the better continued): a loss convex along that segment, such as a squared
+error, peaks at one of its ends, and the random start alone may sit on the wrong side. The
 projection onto the intersection (rather than onto the ball, then clipping) makes fixed points
 optimal for linear losses: for l_inf both sets are coordinate-wise clips; for l2 and l1 the
 KKT conditions reduce it to one scalar multiplier per example, found by bisection. For l1 this
@@ -21,9 +25,10 @@ is Duchi et al.'s (ICML 2008) soft threshold with per-coordinate caps, and equal
 box does not bind. (optax's `projection_l1_ball` returns NaN at radius 0; the bisection here
 has no division.)
 
-l1 steps follow Tramer & Boneh (NeurIPS 2019, "SLIDE"): only coordinates whose |g| is in the
-top `1 - l1_sparsity` fraction move, after zeroing gradient entries that would push a pixel
-past the box.
+l1 steps are `vertex(g) / eps`: the step goes to the largest |g_i| while it has room towards
+the box, then to the next (the fractional knapsack, thresholded by bisection, never sorted).
+Tramer & Boneh's SLIDE step (NeurIPS 2019, equal moves on the top 1% of |g|) had fixed points
+at an equal split of unequal coordinates that were not optima.
 
 The returned point is `x + delta` rounded towards `x` (`_inward_point`), so that
 ||x_adv - x||_p <= eps holds for the float32 values themselves, not only up to rounding.
@@ -66,9 +71,14 @@ def _linf_init(key, x, eps):
   return eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
 
 
-def _linf_direction(g, x_adv, sparsity):
-  del x_adv, sparsity
+def _linf_direction(g, x, eps):
+  del x, eps
   return jnp.sign(g)
+
+
+def _linf_vertex(g, x, eps):
+  """`argmax_u g . u` over the l_inf ball and the box: `clip(eps sign(g), -x, 1 - x)`."""
+  return jnp.clip(eps * jnp.sign(g), -x, 1.0 - x)
 
 
 # ------------------------------------------------------------------------------------- l2
@@ -100,9 +110,24 @@ def _l2_init(key, x, eps):
   return u * _uniform_radius(k_rad, x, eps)
 
 
-def _l2_direction(g, x_adv, sparsity):
-  del x_adv, sparsity
+def _l2_direction(g, x, eps):
+  del x, eps
   return _unit_l2(g)
+
+
+# A step this many radii long along g/||g|| reaches past the box in every coordinate that
+# matters, so its projection is the linear maximiser (below).
+_FAR = 1e4
+
+
+def _l2_vertex(g, x, eps):
+  """`argmax_u g . u` over the l2 ball and the box, as the projection of a far step.
+
+  KKT of the maximiser: u = clip(lam g, -x, 1 - x) with ||u||_2 = eps (or the whole box when
+  it fits in the ball). The projection of `_FAR eps g/||g||` is clip(s _FAR eps g/||g||, ...)
+  with the same norm, i.e. the same point, whenever the clipped far step leaves the ball.
+  """
+  return _project_l2_box(_FAR * eps * _unit_l2(g), x, eps)
 
 
 # ------------------------------------------------------------------------------------- l1
@@ -115,23 +140,48 @@ def _l1_init(key, x, eps):
   return u * _uniform_radius(k_rad, x, eps)
 
 
-def _l1_direction(g, x_adv, sparsity):
-  """SLIDE step: sign(g) on the top `1 - sparsity` fraction of |g|, l1-normalised.
+def _l1_vertex(g, x, eps):
+  """Linear maximiser `argmax_u g . u` over {||u||_1 <= eps} and {0 <= x + u <= 1}.
 
-  Entries whose ascent direction points out of [0, 1] (g > 0 at 1, g < 0 at 0) are zeroed
-  first, otherwise the step would be spent on pixels the box clip then undoes.
+  The fractional knapsack: spend eps on coordinates in decreasing |g_i|, each up to its room
+  r_i towards the box in the direction of g_i. The order is never sorted: the |g| threshold
+  t with sum_{|g_i| >= t} r_i = eps is bracketed by bisection (32 compare-and-sum passes over
+  `(B, d)`); coordinates above the bracket get their whole room, those inside it share what
+  is left in proportion to their room. `(B, ...) -> (B, ...)`.
   """
-  blocked = ((g > 0) & (x_adv >= 1.0)) | ((g < 0) & (x_adv <= 0.0))
-  g = jnp.where(blocked, 0.0, g)
-  b = g.shape[0]
-  a = jnp.abs(g).reshape(b, -1)
-  d = a.shape[1]
-  k = max(1, int(np.ceil((1.0 - sparsity) * d)))  # static: shapes are static
-  kth = jax.lax.top_k(a, k)[0][:, -1:]
-  keep = (a >= kth) & (a > 0)
-  e = jnp.where(keep, jnp.sign(g.reshape(b, -1)), 0.0)
-  e = e / jnp.maximum(jnp.sum(jnp.abs(e), axis=1, keepdims=True), 1.0)
-  return e.reshape(g.shape)
+  shape = g.shape
+  b = shape[0]
+  g2, x2 = g.reshape(b, -1), x.reshape(b, -1)
+  room = jnp.where(g2 > 0, 1.0 - x2, jnp.where(g2 < 0, x2, 0.0))
+  a = jnp.where(room > 0, jnp.abs(g2), 0.0)
+  moving = a > 0
+
+  def fill(t):
+    return jnp.sum(jnp.where(a >= t, room, 0.0), axis=1, keepdims=True)
+
+  top = jnp.max(a, axis=1, keepdims=True)
+  eps = jnp.broadcast_to(eps, (b, 1)).astype(g.dtype)
+  lo, hi = _bisect(lambda t: fill(t) > eps, jnp.zeros_like(top), 2.0 * top + _TINY)
+  full = moving & (a >= hi)
+  part = moving & (a >= lo) & ~full
+  s_full = jnp.sum(jnp.where(full, room, 0.0), axis=1, keepdims=True)
+  s_part = jnp.sum(jnp.where(part, room, 0.0), axis=1, keepdims=True)
+  frac = jnp.clip((eps - s_full) / jnp.where(s_part > 0, s_part, 1.0), 0.0, 1.0)
+  fits = jnp.sum(jnp.where(moving, room, 0.0), axis=1, keepdims=True) <= eps
+  m = jnp.where(full | (fits & moving), room, jnp.where(part, frac * room, 0.0))
+  return (jnp.sign(g2) * m).reshape(shape)
+
+
+def _l1_direction(g, x, eps):
+  """Steepest ascent of the l1 ball with box caps: `_l1_vertex(g, x, eps) / eps`.
+
+  All of the step goes to the largest |g_i| while it has room towards the box, then to the
+  next: a unit-l1 direction whose coordinate set and sizes follow the gradient, so unequal
+  gradients never keep an equal split (Tramer & Boneh's SLIDE step, equal moves on the top
+  1% of |g|, has such fixed points). 0 at eps = 0.
+  """
+  safe = jnp.where(eps > 0, eps, 1.0)
+  return jnp.where(eps > 0, _l1_vertex(g, x, eps) / safe, 0.0)
 
 
 # Halvings of the multiplier's bracket: 2^-32 of its width is below float32 resolution, and
@@ -155,7 +205,10 @@ def _project_l2_box(delta, x, eps):
   KKT: u = clip(s v, -x, 1 - x) with s = 1 / (1 + mu) in (0, 1], mu >= 0 the multiplier
   of the ball; ||u|| is increasing in s, so s is found by bisection (s = 1 when the clipped
   point already lies in the ball). The returned s is the feasible end of the bracket.
+  Computed on the `(B, d)` view (one reduction axis fuses better on XLA:CPU).
   """
+  shape = delta.shape
+  delta, x = delta.reshape(shape[0], -1), x.reshape(shape[0], -1)
   lo, hi = -x, 1.0 - x
 
   def size(s):  # s: (B, 1, ..., 1)
@@ -165,7 +218,7 @@ def _project_l2_box(delta, x, eps):
   inside = size(one) <= eps
   s_feasible, _ = _bisect(lambda s: size(s) <= eps, jnp.zeros_like(one), one)
   s = jnp.where(inside, one, s_feasible)
-  return jnp.clip(s * delta, lo, hi)
+  return jnp.clip(s * delta, lo, hi).reshape(shape)
 
 
 def _project_l1_box(delta, x, eps):
@@ -175,21 +228,23 @@ def _project_l1_box(delta, x, eps):
   clip(|v_i| - theta, 0, r_i), r_i the room towards the box in the direction of v_i, and
   theta >= 0 the multiplier of the ball; ||u||_1 decreases in theta, so theta is found by
   bisection (theta = 0 when the clipped point is inside). Without binding caps this is exactly
-  Duchi's projection; no division anywhere, so eps = 0 gives u = 0, not NaN.
+  Duchi's projection; no division anywhere, so eps = 0 gives u = 0, not NaN. Computed on the
+  `(B, d)` view: one reduction axis, which XLA:CPU fuses far better than three.
   """
+  shape = delta.shape
+  delta, x = delta.reshape(shape[0], -1), x.reshape(shape[0], -1)
   room = jnp.where(delta > 0, 1.0 - x, x)
   a = jnp.abs(delta)
-  sgn = jnp.sign(delta)
 
   def size(theta):
-    return _per_example_sum(jnp.clip(a - theta, 0.0, room))
+    return jnp.sum(jnp.clip(a - theta, 0.0, room), axis=1, keepdims=True)
 
-  zero = jnp.zeros((delta.shape[0],) + (1,) * (delta.ndim - 1), delta.dtype)
-  top = jnp.max(a, axis=tuple(range(1, a.ndim)), keepdims=True)
+  zero = jnp.zeros((shape[0], 1), delta.dtype)
+  top = jnp.max(a, axis=1, keepdims=True)
   inside = size(zero) <= eps
   _, theta = _bisect(lambda t: size(t) > eps, zero, top)  # hi end: ||u||_1 <= eps
   theta = jnp.where(inside, zero, theta)
-  return sgn * jnp.clip(a - theta, 0.0, room)
+  return (jnp.sign(delta) * jnp.clip(a - theta, 0.0, room)).reshape(shape)
 
 
 def _project_linf_box(delta, x, eps):
@@ -201,12 +256,13 @@ class _Norm(NamedTuple):
   init: Callable
   direction: Callable
   project: Callable
+  vertex: Callable
 
 
 _NORMS = {
-    "linf": _Norm(_linf_init, _linf_direction, _project_linf_box),
-    "l2": _Norm(_l2_init, _l2_direction, _project_l2_box),
-    "l1": _Norm(_l1_init, _l1_direction, _project_l1_box),
+    "linf": _Norm(_linf_init, _linf_direction, _project_linf_box, _linf_vertex),
+    "l2": _Norm(_l2_init, _l2_direction, _project_l2_box, _l2_vertex),
+    "l1": _Norm(_l1_init, _l1_direction, _project_l1_box, _l1_vertex),
 }
 NORMS = tuple(_NORMS)
 
@@ -348,7 +404,10 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
 
   For t = 1..steps:  delta <- clip(x + Proj_eps(delta + a dir_p(g)), 0, 1) - x,  with
   g = grad_delta sum_i loss_i(x + delta) and dir_p the steepest-ascent unit direction of the
-  norm (sign(g) for l_inf, g/||g||_2 for l2, the SLIDE sparse step for l1). The gradient of
+  norm (sign(g) for l_inf, g/||g||_2 for l2, the ball-and-box linear maximiser over eps for
+  l1). With `step_size=None` the first step is of infinite length: to the linear maximiser
+  of +g and of -g over the ball and the box (both evaluated, the better one continued),
+  then `steps - 1` steps of `2.5 eps / steps`. The gradient of
   the summed loss gives every example its own gradient, as examples are independent in eval
   mode. Not jitted itself: call it inside `jax.jit` (norm, steps, random_start, l1_sparsity
   static; eps and step_size may be traced).
@@ -362,11 +421,13 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
     norm: "l1", "l2" or "linf".
     eps: radius >= 0 (scalar).
     steps: number of ascent steps (static int >= 0).
-    step_size: `a`; defaults to `2.5 eps / steps`.
+    step_size: constant step `a` for all `steps` steps; None (default) for the schedule
+      above (first step to the better vertex, then `2.5 eps / steps`).
     random_start: start from a point drawn inside the ball (direction uniform, radius
       `eps * U[0, 1]`, then clipped to the box) instead of from `x`.
-    l1_sparsity: l1 only: the percentile of |g| below which coordinates are not moved
-      (0.99 moves the top 1%).
+    l1_sparsity: validated to lie in [0, 1) and otherwise unused: the l1 step is the exact
+      ball-and-box steepest ascent, which picks its own coordinates (kept so that existing
+      calls still work).
     num_classes: if given, concrete labels are checked to lie in `[0, num_classes)`.
 
   Returns:
@@ -396,6 +457,7 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
     delta = ops.project(ops.init(key, x, eps), x, eps)
   else:
     delta = jnp.zeros_like(x)
+  vertex_start = step_size is None and steps >= 1
 
   def loss_and_grad(x_adv):
     # vjp gives the per-example losses (to keep the best iterate) and the gradient of
@@ -413,12 +475,27 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
     x_adv = _inward_point(x, delta)
     losses, g = loss_and_grad(x_adv)
     best_x, best_loss = keep_best(best_x, best_loss, x_adv, losses)
-    # The box test of the l1 step needs the unrounded point: x_adv sits an ulp inside.
-    delta = ops.project(delta + a * ops.direction(g, x + delta, l1_sparsity), x, eps)
+    delta = ops.project(delta + a * ops.direction(g, x, eps), x, eps)
     return delta, best_x, best_loss
 
-  best_loss = jnp.full((x.shape[0],), -jnp.inf, x.dtype)
-  delta, best_x, best_loss = jax.lax.fori_loop(0, steps, body, (delta, x, best_loss))
+  best_x, best_loss = x, jnp.full((x.shape[0],), -jnp.inf, x.dtype)
+  if vertex_start:
+    # First step of infinite length: to the vertex of the ball-and-box that maximises the
+    # linearisation at the start; a loss convex along that segment peaks at one of its two
+    # ends, so the other end (the vertex of -g) is evaluated too and the better one kept.
+    x_adv = _inward_point(x, delta)
+    losses, g = loss_and_grad(x_adv)
+    best_x, best_loss = keep_best(best_x, best_loss, x_adv, losses)
+    ends = [ops.project(ops.vertex(s * g, x, eps), x, eps) for s in (1.0, -1.0)]
+    ends_loss = []
+    for end in ends:
+      x_end = _inward_point(x, end)
+      ends_loss.append(loss_fn(x_end, y))
+      best_x, best_loss = keep_best(best_x, best_loss, x_end, ends_loss[-1])
+    flip = (ends_loss[1] > ends_loss[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+    delta = jnp.where(flip, ends[1], ends[0])
+  delta, best_x, best_loss = jax.lax.fori_loop(0, steps - int(vertex_start), body,
+                                               (delta, best_x, best_loss))
   x_last = _inward_point(x, delta)
   best_x, _ = keep_best(best_x, best_loss, x_last, loss_fn(x_last, y))
   return jax.lax.stop_gradient(best_x)
@@ -442,7 +519,7 @@ def fgsm(loss_fn: LossFn, x: jax.Array, y: jax.Array, *, eps, norm: str = "linf"
   """Fast gradient (sign) method: one steepest-ascent step of length `eps` from `x`.
 
   `x_adv = clip(x + eps * sign(grad_x sum_i loss_i(x, y)), 0, 1)` for l_inf (Goodfellow et
-  al. 2015); for l2/l1 the l2 / SLIDE direction of the same length. Equal to
+  al. 2015); for l2/l1 the l2 / l1 steepest-ascent direction of the same length. Equal to
   `pgd(..., steps=1, step_size=eps, random_start=False)`.
 
   Args:

@@ -149,7 +149,7 @@ def _apgd_run(key, obj, x, eps, *, norm, steps, rho, momentum, l1_k_init, start=
     if norm == "l1":
       step = _l1_sparse_direction(c["g"], x + c["delta"], c["frac"])
     else:
-      step = ops.direction(c["g"], x + c["delta"], 0.0)
+      step = ops.direction(c["g"], x, eps)
     z = ops.project(c["delta"] + c["eta"] * step, x, eps)
     new = ops.project(c["delta"] + a * (z - c["delta"]) + (1 - a) * (c["delta"] - c["prev"]),
                       x, eps)

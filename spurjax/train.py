@@ -77,7 +77,7 @@ class TrainConfig:
     adv_norm: None for standard training, or "l1" / "l2" / "linf" for PGD training.
     adv_eps: training radius.
     adv_steps: PGD steps inside the training step.
-    adv_step_size: PGD step, None for `2.5 eps / adv_steps`.
+    adv_step_size: constant PGD step, None for `attacks.pgd`'s default schedule.
     adv_loss: "ce" or "margin": the loss the training attack ascends.
     checkpoint_every: save every this many steps (and always at the end).
     log_every: write a metrics line every this many steps.
@@ -431,7 +431,7 @@ def evaluate_accuracy(model: nnx.Module, images, labels, *, norm: str | None = N
     eps: attack radius (dynamic: no recompilation per radius).
     steps: PGD steps.
     key: PRNG key; required for a random-start PGD.
-    step_size: PGD step, None for `2.5 eps / steps`.
+    step_size: constant PGD step, None for `attacks.pgd`'s default schedule.
     attack: "pgd" or "fgsm".
     loss: "ce" or "margin".
     random_start: PGD random start.

@@ -209,10 +209,14 @@ def _linear_attack(norm, kind):
   return f, loss, atk
 
 
+@pytest.mark.parametrize("constant_step", [False, True])
 @pytest.mark.parametrize("kind", ["classifier", "regression"])
 @pytest.mark.parametrize("norm", NORMS)
-def test_pgd_reaches_linear_worst_case(norm, kind):
-  """PGD (100 steps, zero start) reaches >= 99% of the exact worst-case loss per example."""
+def test_pgd_reaches_linear_worst_case(norm, kind, constant_step):
+  """PGD (100 steps, zero start) reaches >= 99% of the exact worst-case loss per example,
+  with the default schedule (first step to the vertex) and with constant steps `2.5 eps /
+  steps` from zero, which exercise the steepest-ascent directions themselves (the l1 SLIDE
+  step used to freeze at an equal split of its top coordinates)."""
   x, w = _linear_problem()
   eps = LIN_EPS[norm]
   f, loss, atk = _linear_attack(norm, kind)
@@ -231,7 +235,8 @@ def test_pgd_reaches_linear_worst_case(norm, kind):
     r = sign * effect * jnp.linspace(0.3, 1.0, LIN_SHAPE[0])
     y = f(x) - r
     worst = jnp.maximum(loss(x + dp, y), loss(x + dm, y))
-  x_adv = atk(jax.random.key(0), x=x, y=y, eps=eps)
+  step = 2.5 * eps / 100 if constant_step else None
+  x_adv = atk(jax.random.key(0), x=x, y=y, eps=eps, step_size=step)
   got = np.asarray(loss(x_adv, y))
   assert (_norm64(np.asarray(x_adv) - np.asarray(x, np.float64), norm)
           <= eps * (1 + 1e-6)).all()
