@@ -119,10 +119,32 @@ def test_imagenet9_labels_masks_and_in_to_in9(trees):
   for v in e.variants.values():
     imgs.append(np.asarray(v.images))
     cls += [files[_rel(p, root)]["imagenet"] for p in v.images.items]
-  out = reliance.evaluate(jax.random.key(0), oracle(np.concatenate(imgs), cls), e,
+  table = np.concatenate(imgs)
+  out = reliance.evaluate(jax.random.key(0), oracle(table, cls), e,
                           rfs_modes=(), sigmas=(0.1,))
   assert out["clean_acc"] == 1.0
-  assert all(out[f"acc_{v}"] == 1.0 for v in evalset.IN9_VARIANTS) and out["bg_gap"] == 0.0
+  # Low-contrast backgrounds of two images can come out of JPEG pixel-identical (e.g. two
+  # Only-BG-T files of different classes); no classifier tells those apart, and the lookup
+  # answers with the first. The expected accuracy is therefore computed from the truth
+  # table alone (the lookup's answer for each file, mapped by the fixture's own ImageNet ->
+  # ImageNet-9 labels); it is 1.0 when no two files are identical.
+  in9_of = {f["imagenet"]: f["label"] for f in files.values()}
+  flat = table.reshape(len(table), -1)
+  first = {}
+  for i, row in enumerate(flat):
+    first.setdefault(row.tobytes(), i)
+  start = 0
+  expected = {}
+  for name, v in e.variants.items():
+    rows = flat[start:start + len(v.images.items)]
+    expected[name] = np.mean([in9_of[cls[first[r.tobytes()]]] == files[_rel(p, root)]["label"]
+                              for r, p in zip(rows, v.images.items)])
+    start += len(v.images.items)
+  assert sum(x < 1.0 for x in expected.values()) <= 1  # duplicates are rare
+  for name in evalset.IN9_VARIANTS:
+    assert out[f"acc_{name}"] == pytest.approx(expected[name], abs=1e-12), name
+  assert out["bg_gap"] == pytest.approx(expected["mixed_same"] - expected["mixed_rand"],
+                                        abs=1e-12)
   unmapped = int(np.flatnonzero(~loaders.in9_class_map().members.any(0))[0])
   out = reliance.evaluate(jax.random.key(0), constant(unmapped), e, rfs_modes=())
   assert out["clean_acc"] == 0.0 and out["acc_mixed_rand"] == 0.0
