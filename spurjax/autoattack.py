@@ -43,6 +43,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from spurjax import attacks as _atk
+from spurjax import parallel
 
 VERSIONS = ("standard", "fast")
 
@@ -679,13 +680,7 @@ def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps, version: str 
   repl = NamedSharding(mesh, PartitionSpec())
   params = jax.device_put(params, repl)
   outs, counts = [], np.zeros(6, np.int64)
-  for j, i in enumerate(range(0, max(n, 1), bs)):
-    xb, yb = x[i:i + bs], y[i:i + bs]
-    m = xb.shape[0]
-    valid = np.arange(bs) < m
-    if m < bs:
-      xb = np.concatenate([xb, np.zeros((bs - m, *xb.shape[1:]), xb.dtype)])
-      yb = np.concatenate([yb, np.zeros((bs - m,), yb.dtype)])
+  for j, m, valid, xb, yb in parallel.padded_batches(bs, x, y):
     xa, c = fn(params, jax.random.fold_in(key, j), jax.device_put(xb, data),
                jax.device_put(yb, data), jax.device_put(valid, data),
                jnp.float32(eps))

@@ -116,3 +116,23 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
 def is_writer() -> bool:
   """True on the process that writes outputs (process 0)."""
   return jax.process_index() == 0
+
+
+def padded_batches(batch_size: int, *arrays: np.ndarray):
+  """Fixed-size batches of `arrays` (equal leading size N), the last one zero-padded.
+
+  Every batch has exactly `batch_size` rows, so a jitted consumer compiles once whatever N.
+
+  Yields:
+    `(j, m, valid, *batches)`: the batch index j, the number m <= batch_size of real rows,
+    `valid` `(batch_size,)` bool (True on the m real rows) and each array's batch
+    `(batch_size, ...)`, rows m.. zero.
+  """
+  n = arrays[0].shape[0]
+  for j, i in enumerate(range(0, max(n, 1), batch_size)):
+    parts = [a[i:i + batch_size] for a in arrays]
+    m = parts[0].shape[0]
+    if m < batch_size:
+      parts = [np.concatenate([p, np.zeros((batch_size - m, *p.shape[1:]), p.dtype)])
+               for p in parts]
+    yield (j, m, np.arange(batch_size) < m, *parts)

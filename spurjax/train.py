@@ -50,6 +50,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from spurjax import attacks
 from spurjax import io
 from spurjax import models
+from spurjax import parallel
 
 BatchFn = Callable[[jax.Array, int], tuple[Any, Any]]
 
@@ -457,13 +458,7 @@ def evaluate_accuracy(model: nnx.Module, images, labels, *, norm: str | None = N
   n = images.shape[0]
   bs = min(batch_size, n)
   total = 0
-  for j, i in enumerate(range(0, n, bs)):
-    x, y = images[i:i + bs], labels[i:i + bs]
-    m = x.shape[0]
-    valid = np.arange(bs) < m
-    if m < bs:
-      x = np.concatenate([x, np.zeros((bs - m, *x.shape[1:]), x.dtype)])
-      y = np.concatenate([y, np.zeros((bs - m,), y.dtype)])
+  for j, _, valid, x, y in parallel.padded_batches(bs, images, labels):
     total += int(_correct(graphdef, state, x, y, valid, jax.random.fold_in(key, j),
                           jnp.float32(eps),
                           None if step_size is None else jnp.float32(step_size),
