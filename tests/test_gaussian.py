@@ -272,17 +272,33 @@ def test_max_steps_exhausted_is_nan(rng):
 
 
 def test_from_samples(rng):
+  """Exact sample moments, and consistent: within 6 standard errors of the population.
+
+  For zero-mean Gaussian (x, y) the raw moment (1/n) sum a_k b_k has variance
+  (E[a^2] E[b^2] + E[ab]^2) / n, so the tolerance is drawn from the model itself; a
+  6-sigma band fails a correct estimator with probability ~1e-8 per entry.
+  """
   d, n = 4, 200_000
   model = random_model(rng, d, 0.3)
   b, _ = joint_factor(model)
   xy = rng.normal(size=(n, d + 1)) @ b.T
-  est = G.GaussianModel.from_samples(xy[:, :d], xy[:, d])
-  np.testing.assert_allclose(est.sigma, model.sigma, atol=0.05)
-  np.testing.assert_allclose(est.cross, model.cross, atol=0.05)
-  cen = G.GaussianModel.from_samples(xy[:, :d] + 3.0, xy[:, d] - 1.0, center=True)
-  np.testing.assert_allclose(cen.sigma, est.sigma, atol=0.05)
-  exact = np.asarray(xy[:, :d].T @ xy[:, :d] / n)
-  np.testing.assert_allclose(est.sigma, exact, rtol=1e-12)
+  x, y = xy[:, :d], xy[:, d]
+  est = G.GaussianModel.from_samples(x, y)
+  np.testing.assert_allclose(est.sigma, x.T @ x / n, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(est.cross, x.T @ y / n, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(est.var_y, y @ y / n, rtol=1e-12)
+  sig, cr, vy = (np.asarray(a) for a in (model.sigma, model.cross, model.var_y))
+  dg = np.diag(sig)
+  se_sigma = np.sqrt((np.outer(dg, dg) + sig**2) / n)
+  se_cross = np.sqrt((dg * vy + cr**2) / n)
+  assert np.all(np.abs(np.asarray(est.sigma) - sig) <= 6 * se_sigma), rng.seed
+  assert np.all(np.abs(np.asarray(est.cross) - cr) <= 6 * se_cross), rng.seed
+  assert abs(float(est.var_y) - vy) <= 6 * np.sqrt(2 * vy**2 / n), rng.seed
+  # Centring removes exactly the outer product of the sample means, whatever the shift.
+  cen = G.GaussianModel.from_samples(x + 3.0, y - 1.0, center=True)
+  mx, my = x.mean(axis=0), y.mean()
+  np.testing.assert_allclose(cen.sigma, x.T @ x / n - np.outer(mx, mx), rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(cen.cross, x.T @ y / n - mx * my, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------
