@@ -38,7 +38,7 @@ from absl import logging
 import numpy as np
 
 from sims import _common
-from sims import _suite
+from spurjax import suite as _suite
 
 _DEFAULT = dict(n_eval=500, pgd_steps=10, eps_eval_l1=10.0, eps_eval_l2=0.5, eps_eval_linf=4.0,
                 eval_seed=1234, batch_size=250, aa_version="fast")
