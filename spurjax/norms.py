@@ -19,12 +19,12 @@ _PER_255 = 255.0  # l_inf radii are quoted in units of 1/255 of the [0, 1] pixel
 
 def check_norm(norm: Any, field: str = "norm", *, allow_none: bool = False) -> None:
   """Raises `ValueError("<field>: unknown norm ...; expected one of ...")` unless `norm` is
-  one of `NORMS` (or None / "none" when `allow_none`)."""
-  if allow_none and norm in (None, "none"):
+  one of `NORMS` (or None when `allow_none`)."""
+  if allow_none and norm is None:
     return
   if norm not in NORMS:
-    allowed = ("none",) + NORMS if allow_none else NORMS
-    raise ValueError(f"{field}: unknown norm {norm!r}; expected one of {allowed}")
+    allowed = f"None or one of {NORMS}" if allow_none else f"one of {NORMS}"
+    raise ValueError(f"{field}: unknown norm {norm!r}; expected {allowed}")
 
 
 def _safe_l2(x: jax.Array) -> jax.Array:

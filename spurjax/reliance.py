@@ -194,9 +194,12 @@ def _chunks(n: int, batch_size: int):
     yield start, min(n, start + batch_size)
 
 
-def _take(arr: Any, start: int, stop: int, batch_size: int) -> np.ndarray:
-  """arr[start:stop] as float32 numpy, zero-padded to batch_size rows (one compilation)."""
+def _take(arr: Any, start: int, stop: int, batch_size: int,
+          field: str = "images") -> np.ndarray:
+  """arr[start:stop] as float32 numpy, zero-padded to batch_size rows (one compilation);
+  a NaN or infinite entry raises ValueError (checked per batch: lazy arrays stay lazy)."""
   a = np.asarray(arr[start:stop], dtype=np.float32)
+  evalset_lib.check_finite(f"{field}[{start}:{stop}]", a)
   if a.shape[0] < batch_size:
     pad = np.zeros((batch_size - a.shape[0],) + a.shape[1:], np.float32)
     a = np.concatenate([a, pad])
@@ -365,7 +368,7 @@ def _pair_counters(key: jax.Array, model: _Model, images: Any, labels: np.ndarra
     for b, (start, stop) in enumerate(_chunks(n, batch_size)):
       k = jax.random.fold_in(jax.random.fold_in(key, t), b)
       x = _take(images, start, stop, batch_size)
-      m = _take(masks, start, stop, batch_size)
+      m = _take(masks, start, stop, batch_size, "masks")
       p_in, p_out = model.pair(k, x, m, jnp.float32(sigma), mode)
       valid = stop - start
       c_in.add(np.asarray(p_in)[:valid], labels[start:stop])
