@@ -89,6 +89,44 @@ def log_progress(done: int, total: int, what: str) -> None:
   logging.info("%s: %d/%d (%.0f%%)", what, done, total, 100.0 * done / max(total, 1))
 
 
+class _TypedListParser(flags.ListParser):
+  """A comma-separated list of `kind` values (int or float), each >= `lower_bound`; absl
+  reports a bad item as a usage error naming the flag."""
+
+  def __init__(self, kind: type, lower_bound: float | None = None):
+    super().__init__()
+    self._kind, self._lower = kind, lower_bound
+
+  def parse(self, argument):
+    if isinstance(argument, (list, tuple)):
+      items = list(argument)
+    else:
+      items = super().parse(argument)
+    try:
+      out = [self._kind(v) for v in items]
+    except (TypeError, ValueError):
+      raise ValueError(f"not a list of {self._kind.__name__}s: {argument!r}") from None
+    if self._lower is not None and any(not v >= self._lower for v in out):
+      raise ValueError(f"each value must be >= {self._lower}, got {out}")
+    return out
+
+  def flag_type(self):
+    return f"comma-separated list of {self._kind.__name__}s"
+
+
+def define_int_list(name: str, default, help_text: str, *, lower_bound: int | None = None):
+  """An absl list flag whose items parse as ints (`--seeds=0,1,2`)."""
+  flags.DEFINE(_TypedListParser(int, lower_bound), name, default, help_text,
+               serializer=flags.CsvListSerializer(","))
+
+
+def define_float_list(name: str, default, help_text: str, *,
+                      lower_bound: float | None = None):
+  """An absl list flag whose items parse as floats (`--eps_l2=0.25,0.5`)."""
+  flags.DEFINE(_TypedListParser(float, lower_bound), name, default, help_text,
+               serializer=flags.CsvListSerializer(","))
+
+
 def define_common_flags(default_workdir: str, presets: Sequence[str], *,
                         x64_default: bool = True) -> None:
   """Defines --workdir, --preset, --x64 and the multi-process flags shared by the sims.
@@ -198,7 +236,7 @@ def define_experiment_flags() -> None:
   flags.DEFINE_float("eps_l2", None, "l2 training radius.", lower_bound=0)
   flags.DEFINE_float("eps_linf", None, "l_inf training radius in units of 1/255.",
                      lower_bound=0)
-  flags.DEFINE_list("seeds", None, "Seeds.")
+  define_int_list("seeds", None, "Seeds (a list: one model per seed).", lower_bound=0)
   flags.DEFINE_integer("image_size", None, "Image side (multiple of 8).", lower_bound=8)
   flags.DEFINE_float("fg_scale", None, "Object size.", lower_bound=0.25, upper_bound=2)
   flags.DEFINE_integer("width", None, "SmallCNN width.", lower_bound=1)

@@ -146,10 +146,7 @@ def main(argv):
     for n in config["norms"]:
       _common.check(n in suite.NORMS, f"--norms: unknown norm {n!r}")
     _common.check(bool(config["norms"]), "--norms: empty")
-    try:
-      config["seeds"] = [int(s) for s in config["seeds"]]
-    except ValueError as e:
-      raise flags.ValidationError(f"--seeds: not a list of ints: {config['seeds']}") from e
+    _common.check(bool(config["seeds"]), "--seeds: empty")
     _common.check(config["image_size"] % 8 == 0, "--image_size: must be a multiple of 8")
   except flags.ValidationError as e:
     raise app.UsageError(str(e)) from e

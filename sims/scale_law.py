@@ -53,7 +53,7 @@ FIELDS = ("model", "bg_contrast", "norm", "eps", "seed", "clean_acc", "shape_rat
 
 FLAGS = flags.FLAGS
 _common.define_common_flags("results/scale_law", PRESETS, x64_default=False)
-flags.DEFINE_list("contrasts", None, "Background contrasts to sweep, in [0, 1].")
+_common.define_float_list("contrasts", None, "Background contrasts to sweep, in [0, 1].")
 flags.DEFINE_list("norms", None, "Training norms: none, l2, linf (l1 also accepted).")
 flags.DEFINE_float("p", None, "P(background = class) in training.", lower_bound=0,
                    upper_bound=1)
@@ -197,11 +197,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _common.resolve_config(PRESETS, CONFIG_FLAGS)
   try:
-    try:
-      config["contrasts"] = [float(c) for c in config["contrasts"]]
-      config["seeds"] = [int(s) for s in config["seeds"]]
-    except ValueError as e:
-      raise flags.ValidationError(f"--contrasts/--seeds: not numbers: {e}") from e
+    _common.check(bool(config["seeds"]), "--seeds: empty")
     _common.check(bool(config["contrasts"]) and all(0 <= c <= 1 for c in config["contrasts"]),
                   f"--contrasts: values must be in [0, 1], got {config['contrasts']}")
     for n in config["norms"]:
