@@ -55,6 +55,9 @@ from spurjax import parallel
 
 BatchFn = Callable[[jax.Array, int], tuple[Any, Any]]
 
+__all__ = ["TrainConfig", "TrainResult", "BatchFn", "make_optimizer", "data_mesh", "train",
+           "load_config", "load_model", "evaluate_accuracy"]
+
 _SCHEDULES = ("constant", "cosine", "piecewise")
 _OPTIMIZERS = ("sgd", "adam")
 
@@ -156,7 +159,8 @@ class TrainResult(NamedTuple):
 # --------------------------------------------------------------------------------- state
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns `(tx, schedule)`: weight decay, then SGD-Nesterov or Adam on the lr schedule."""
   peak, total, warm = config.lr, config.steps, config.warmup_steps
   if config.schedule == "constant":
