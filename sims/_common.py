@@ -61,11 +61,6 @@ def write_manifest(workdir: str, *, config: Mapping[str, Any], seed: int | None,
   return path
 
 
-def flag_values_dict(names: Sequence[str]) -> dict[str, Any]:
-  """The current values of the named absl flags, as a plain dict."""
-  return {n: flags.FLAGS[n].value for n in names}
-
-
 def check(condition: bool, message: str) -> None:
   """Raises `flags.ValidationError` (absl prints it as a usage error) unless `condition`."""
   if not condition:
@@ -92,6 +87,44 @@ class Timer:
 def log_progress(done: int, total: int, what: str) -> None:
   """Logs `what: done/total (pct%)` through absl logging."""
   logging.info("%s: %d/%d (%.0f%%)", what, done, total, 100.0 * done / max(total, 1))
+
+
+class _TypedListParser(flags.ListParser):
+  """A comma-separated list of `kind` values (int or float), each >= `lower_bound`; absl
+  reports a bad item as a usage error naming the flag."""
+
+  def __init__(self, kind: type, lower_bound: float | None = None):
+    super().__init__()
+    self._kind, self._lower = kind, lower_bound
+
+  def parse(self, argument):
+    if isinstance(argument, (list, tuple)):
+      items = list(argument)
+    else:
+      items = super().parse(argument)
+    try:
+      out = [self._kind(v) for v in items]
+    except (TypeError, ValueError):
+      raise ValueError(f"not a list of {self._kind.__name__}s: {argument!r}") from None
+    if self._lower is not None and any(not v >= self._lower for v in out):
+      raise ValueError(f"each value must be >= {self._lower}, got {out}")
+    return out
+
+  def flag_type(self):
+    return f"comma-separated list of {self._kind.__name__}s"
+
+
+def define_int_list(name: str, default, help_text: str, *, lower_bound: int | None = None):
+  """An absl list flag whose items parse as ints (`--seeds=0,1,2`)."""
+  flags.DEFINE(_TypedListParser(int, lower_bound), name, default, help_text,
+               serializer=flags.CsvListSerializer(","))
+
+
+def define_float_list(name: str, default, help_text: str, *,
+                      lower_bound: float | None = None):
+  """An absl list flag whose items parse as floats (`--eps_l2=0.25,0.5`)."""
+  flags.DEFINE(_TypedListParser(float, lower_bound), name, default, help_text,
+               serializer=flags.CsvListSerializer(","))
 
 
 def define_common_flags(default_workdir: str, presets: Sequence[str], *,
@@ -187,3 +220,48 @@ def compute_and_write(workdir: str, name: str, config: Mapping[str, Any], *,
   return write_outputs(workdir, name, rows=rows, fieldnames=fieldnames,
                        figure=figure(config, rows), config=config, seed=seed, start=start,
                        extra=extra(rows) if extra else None)
+
+
+# ------------------------------------------------- the small single-question experiments
+
+
+def define_experiment_flags() -> None:
+  """Flags shared by `sims.preserved_correlation` and `sims.scale_law`.
+
+  Radii (--eps_l1, --eps_l2, --eps_linf in units of 1/255), seeds, image size, object
+  size, SmallCNN width and training settings, and the evaluation size and seed. Defaults are
+  None: each sim's preset supplies them (`resolve_config`).
+  """
+  flags.DEFINE_float("eps_l1", None, "l1 training radius.", lower_bound=0)
+  flags.DEFINE_float("eps_l2", None, "l2 training radius.", lower_bound=0)
+  flags.DEFINE_float("eps_linf", None, "l_inf training radius in units of 1/255.",
+                     lower_bound=0)
+  define_int_list("seeds", None, "Seeds (a list: one model per seed).", lower_bound=0)
+  flags.DEFINE_integer("image_size", None, "Image side (multiple of 8).", lower_bound=8)
+  flags.DEFINE_float("fg_scale", None, "Object size.", lower_bound=0.25, upper_bound=2)
+  flags.DEFINE_integer("width", None, "SmallCNN width.", lower_bound=1)
+  flags.DEFINE_integer("steps", None, "Training steps.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", None, "Batch size.", lower_bound=1)
+  flags.DEFINE_float("lr", None, "Peak SGD learning rate.", lower_bound=0)
+  flags.DEFINE_integer("adv_steps", None, "PGD steps in training.", lower_bound=1)
+  flags.DEFINE_integer("n_eval", None, "Test images (per domain).", lower_bound=8)
+  flags.DEFINE_integer("eval_seed", None, "Seed of the test data (and of PGD).",
+                       lower_bound=0)
+
+
+def radius(config: Mapping[str, Any], norm: str) -> float:
+  """Training radius of `norm` in pixel units: 0 for "none", the l_inf flag is in 1/255."""
+  from spurjax import norms
+  return norms.pixel_radius(norm, config[f"eps_{norm}"] if norm != "none" else 0.0)
+
+
+def experiment_settings(config: Mapping[str, Any], *, p: float, bg_contrast: float,
+                        marker: bool, marker_p: float) -> dict[str, Any]:
+  """The shared settings `spurjax.suite.train_models` needs for a SmallCNN experiment (SGD,
+  one final checkpoint), from the flags of `define_experiment_flags` plus the data's p,
+  contrast and marker."""
+  return dict(image_size=config["image_size"], num_classes=config["num_classes"], p=p,
+              bg_contrast=bg_contrast, fg_scale=config["fg_scale"], marker=marker,
+              marker_p=marker_p, width=config["width"], steps=config["steps"],
+              batch_size=config["batch_size"], optimizer="sgd", lr=config["lr"],
+              adv_steps=config["adv_steps"], checkpoint_every=config["steps"])

@@ -38,7 +38,8 @@ from absl import logging
 import numpy as np
 
 from sims import _common
-from sims import _suite
+from spurjax import norms
+from spurjax import suite as _suite
 
 _DEFAULT = dict(n_eval=500, pgd_steps=10, eps_eval_l1=10.0, eps_eval_l2=0.5, eps_eval_linf=4.0,
                 eval_seed=1234, batch_size=250, aa_version="fast")
@@ -84,7 +85,7 @@ TITLES = {"clean_acc": "clean accuracy", "pgd_acc_l1": r"PGD accuracy, $\ell_1$"
 
 def eval_radius(config: dict[str, Any], norm: str) -> float:
   """The evaluation radius of `norm` in pixel units."""
-  return config[f"eps_eval_{norm}"] / (255.0 if norm == "linf" else 1.0)
+  return norms.pixel_radius(norm, config[f"eps_eval_{norm}"])
 
 
 def eval_sets(suite: dict[str, Any], config: dict[str, Any]):
@@ -212,9 +213,7 @@ def eps_label(norm: str, eps: float) -> str:
   """Human radius: l_inf in units of 1/255."""
   if norm == "none":
     return "-"
-  if norm == "linf":
-    return f"{eps * 255:.3g}/255"
-  return f"{eps:.3g}"
+  return norms.radius_label(norm, eps)
 
 
 def markdown(config: dict[str, Any], agg: list[dict[str, Any]]) -> str:

@@ -27,10 +27,10 @@ from sims import _theory_flags as tf
 
 PRESETS = {
     "default": dict(n_list=["100", "316", "1000", "3162", "10000", "31623", "100000"],
-                    seeds=4, steps=2000),
-    "small": dict(n_list=["100", "1000"], seeds=2, steps=200, norms=["l2"]),
+                    seeds=[0, 1, 2, 3], steps=2000),
+    "small": dict(n_list=["100", "1000"], seeds=[0, 1], steps=200, norms=["l2"]),
 }
-CONFIG_FLAGS = ("norms", "n_list", "eps_list", "seeds", "seed", "steps", "learning_rate",
+CONFIG_FLAGS = ("norms", "n_list", "eps_list", "seeds", "steps", "learning_rate",
                 ) + tf.MODEL_FLAGS
 FIELDS = ("norm", "n", "eps", "seed", "w_err", "excess_risk", "share_emp", "share_theory",
           "w_core_emp", "w_spu_emp", "w_core_theory", "w_spu_theory")
@@ -41,8 +41,8 @@ tf.define_model_flags()
 flags.DEFINE_multi_enum("norms", ["l1", "l2", "linf"], ["l1", "l2", "linf"], "Attack norms.")
 flags.DEFINE_list("n_list", None, "Sample sizes (preset if unset).")
 flags.DEFINE_list("eps_list", ["0.2", "0.6"], "Training radii.")
-flags.DEFINE_integer("seeds", None, "Seeds per (n, eps) (preset if unset).", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Base seed.")
+_common.define_int_list("seeds", None, "Seeds, one fit per (n, eps, seed) (preset if unset).",
+                        lower_bound=0)
 flags.DEFINE_integer("steps", None, "Adam steps (preset if unset).", lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.05, "Initial Adam step size.", lower_bound=0.0)
 
@@ -74,7 +74,7 @@ def compute(config: dict[str, Any]) -> list[dict[str, Any]]:
   from spurjax import theory as T
   model = tf.model_from(config)
   eps_list = np.asarray(config["eps_list"], float)
-  seeds = config["seed"] + np.arange(config["seeds"])
+  seeds = np.asarray(config["seeds"], int)
   grid_seed = np.repeat(seeds, len(eps_list))
   grid_eps = np.tile(eps_list, len(seeds))
   rows = []
@@ -170,7 +170,7 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
     logging.info("log-log slopes of the weight error: %s", fitted)
     return dict(weight_error_slopes=fitted)
   return _common.compute_and_write(workdir, "finite_sample", config, compute=compute,
-                                   figure=figure, fieldnames=FIELDS, seed=config["seed"],
+                                   figure=figure, fieldnames=FIELDS, seed=min(config["seeds"]),
                                    extra=extra)
 
 
@@ -180,6 +180,8 @@ def main(argv):
   config = _common.resolve_config(PRESETS, CONFIG_FLAGS)
   config["n_list"] = sorted(set(_ints(config["n_list"], "n_list")))
   config["eps_list"] = _floats(config["eps_list"], "eps_list")
+  if not config["seeds"]:
+    raise app.UsageError("--seeds: need at least one seed")
   _common.start_runtime()
   run(config, FLAGS.workdir)
 

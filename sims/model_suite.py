@@ -32,7 +32,8 @@ from absl import flags
 from absl import logging
 
 from sims import _common
-from sims import _suite
+from spurjax import norms
+from spurjax import suite
 
 _DEFAULT = dict(
     archs=["small_cnn"], norms=["l1", "l2", "linf"], eps_l1=[5.0, 10.0, 20.0],
@@ -56,10 +57,11 @@ FLAGS = flags.FLAGS
 _common.define_common_flags("results/suite", PRESETS, x64_default=False)
 flags.DEFINE_list("archs", None, "Architectures (small_cnn, resnet18).")
 flags.DEFINE_list("norms", None, "Adversarial training norms (l1, l2, linf).")
-flags.DEFINE_list("eps_l1", None, "l1 training radii.")
-flags.DEFINE_list("eps_l2", None, "l2 training radii.")
-flags.DEFINE_list("eps_linf", None, "l_inf training radii in units of 1/255.")
-flags.DEFINE_list("seeds", None, "Seeds (one model per seed and setting).")
+_common.define_float_list("eps_l1", None, "l1 training radii.")
+_common.define_float_list("eps_l2", None, "l2 training radii.")
+_common.define_float_list("eps_linf", None, "l_inf training radii in units of 1/255.")
+_common.define_int_list("seeds", None, "Seeds (a list: one model per seed and setting).",
+                        lower_bound=0)
 flags.DEFINE_bool("standard", None, "Also train the standard (non-adversarial) models.")
 flags.DEFINE_integer("image_size", None, "Image side S (multiple of 8).", lower_bound=8)
 flags.DEFINE_integer("num_classes", None, "Number of shape classes K.", lower_bound=2)
@@ -87,59 +89,28 @@ flags.DEFINE_integer("kill_after_steps", None, "Testing aid: after --max_models 
                      "train the next one to this step and stop as if killed.", lower_bound=1)
 
 
-def _floats(name: str, values) -> list[float]:
-  try:
-    out = [float(v) for v in values]
-  except (TypeError, ValueError) as e:
-    raise flags.ValidationError(f"--{name}: not a list of numbers: {values}") from e
-  _common.check(all(v > 0 for v in out), f"--{name}: radii must be > 0, got {out}")
-  return out
-
-
 def validate(config: dict[str, Any]) -> dict[str, Any]:
-  """Checks and normalizes a resolved config; raises `flags.ValidationError` on bad values."""
-  from spurjax import data as data_lib
-  from spurjax import models
+  """Checks and normalizes a resolved config (`suite.check_grid`); raises ValueError naming
+  the field."""
   config = dict(config)
   config["archs"] = list(config["archs"])
-  for a in config["archs"]:
-    _common.check(a in models.ARCHS, f"--archs: unknown architecture {a!r}; "
-                  f"known: {sorted(models.ARCHS)}")
   config["norms"] = list(config["norms"])
-  for n in config["norms"]:
-    _common.check(n in _suite.NORMS, f"--norms: unknown norm {n!r}; known: {_suite.NORMS}")
-  for n in _suite.NORMS:
-    config[f"eps_{n}"] = _floats(f"eps_{n}", config[f"eps_{n}"])
-  try:
-    config["seeds"] = [int(s) for s in config["seeds"]]
-  except (TypeError, ValueError) as e:
-    raise flags.ValidationError(f"--seeds: not a list of ints: {config['seeds']}") from e
-  _common.check(bool(config["seeds"]) and all(s >= 0 for s in config["seeds"]),
-                f"--seeds: need at least one seed >= 0, got {config['seeds']}")
-  _common.check(bool(config["archs"]), "--archs: empty")
-  _common.check(config["image_size"] % 8 == 0,
-                f"--image_size: must be a multiple of 8, got {config['image_size']}")
-  _common.check(config["num_classes"] <= len(data_lib.SHAPES),
-                f"--num_classes: at most {len(data_lib.SHAPES)} shapes, got "
-                f"{config['num_classes']}")
-  _common.check(config["lr"] > 0, f"--lr: must be > 0, got {config['lr']}")
-  _common.check(bool(config["norms"]) or config["standard"],
-                "--norms is empty and --nostandard: no models to train")
+  suite.check_grid(archs=config["archs"], seeds=config["seeds"], norms=config["norms"],
+                   radii={n: config[f"eps_{n}"] for n in norms.NORMS},
+                   standard=config["standard"], image_size=config["image_size"],
+                   num_classes=config["num_classes"], lr=config["lr"])
+  for n in norms.NORMS:
+    config[f"eps_{n}"] = [float(v) for v in config[f"eps_{n}"]]
+  config["seeds"] = [int(s) for s in config["seeds"]]
   return config
 
 
-def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:
-  """The suite's models in training order: per arch and seed, standard then each norm's radii."""
-  out = []
-  for arch in config["archs"]:
-    for seed in config["seeds"]:
-      if config["standard"]:
-        out.append(_suite.ModelSpec(arch, "none", 0.0, seed))
-      for norm in config["norms"]:
-        scale = 1.0 / 255.0 if norm == "linf" else 1.0
-        for eps in config[f"eps_{norm}"]:
-          out.append(_suite.ModelSpec(arch, norm, eps * scale, seed))
-  return out
+def specs_of(config: dict[str, Any]) -> list[suite.ModelSpec]:
+  """The suite's models in training order: per arch and seed, standard then each norm's radii
+  (the l_inf flag values in units of 1/255)."""
+  radii = {n: [norms.pixel_radius(n, e) for e in config[f"eps_{n}"]] for n in config["norms"]}
+  return suite.grid_specs(config["archs"], config["seeds"], config["norms"], radii,
+                          standard=config["standard"])
 
 
 def run(config: dict[str, Any], workdir: str, *, max_models: int | None = None,
@@ -149,8 +120,8 @@ def run(config: dict[str, Any], workdir: str, *, max_models: int | None = None,
   import os
   start = time.perf_counter()
   specs = specs_of(config)
-  status = _suite.train_models(config, workdir, specs, max_models=max_models,
-                               kill_after_steps=kill_after_steps)
+  status = suite.train_models(config, workdir, specs, max_models=max_models,
+                              kill_after_steps=kill_after_steps)
   wall = time.perf_counter() - start
   complete = sum(1 for r in status if r["status"] in ("skipped", "trained"))
   io.write_json(os.path.join(workdir, "suite_status.json"),
@@ -165,20 +136,18 @@ def run(config: dict[str, Any], workdir: str, *, max_models: int | None = None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.kill_after_steps is not None and FLAGS.max_models is None:
+    raise app.UsageError("--kill_after_steps needs --max_models")
   try:
     config = validate(_common.resolve_config(PRESETS, CONFIG_FLAGS))
-    _common.check(FLAGS.kill_after_steps is None or FLAGS.max_models is not None,
-                  "--kill_after_steps needs --max_models")
-  except flags.ValidationError as e:
-    raise app.UsageError(str(e)) from e
+  except ValueError as e:
+    raise app.UsageError(f"--{e}") from e
   _common.start_runtime()
   try:
     run(config, FLAGS.workdir, max_models=FLAGS.max_models,
         kill_after_steps=FLAGS.kill_after_steps)
-  except ValueError as e:
-    if str(e).startswith("--workdir"):
-      raise app.UsageError(str(e)) from e
-    raise
+  except suite.SuiteMismatchError as e:
+    raise app.UsageError(f"--{e}") from e
 
 
 if __name__ == "__main__":

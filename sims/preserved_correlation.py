@@ -26,7 +26,7 @@ from absl import logging
 import numpy as np
 
 from sims import _common
-from sims import _suite
+from spurjax import suite
 
 _DEFAULT = dict(
     norms=["l2", "linf"], eps_l1=10.0, eps_l2=0.5, eps_linf=4.0, seeds=[0, 1], p_spur=0.9,
@@ -48,26 +48,26 @@ flags.DEFINE_integer("num_classes", None, "Classes K (the uncorrelated p is 1/K)
                      lower_bound=2, upper_bound=12)
 flags.DEFINE_float("bg_contrast", None, "Background contrast.", lower_bound=0, upper_bound=1)
 flags.DEFINE_integer("pgd_steps", None, "PGD steps of the evaluation.", lower_bound=1)
-_suite.define_experiment_flags()
+_common.define_experiment_flags()
 
 
 def suite_config(config: dict[str, Any]) -> dict[str, Any]:
-  """The shared settings `sims._suite` needs."""
-  return _suite.experiment_settings(config, p=config["p_spur"],
+  """The shared settings `spurjax.suite` needs."""
+  return _common.experiment_settings(config, p=config["p_spur"],
                                     bg_contrast=config["bg_contrast"], marker=False,
                                     marker_p=0.9)
 
 
-radius = _suite.radius
+radius = _common.radius
 
 
-def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:
+def specs_of(config: dict[str, Any]) -> list[suite.ModelSpec]:
   """Per norm and seed: a model with the correlation (p_spur) and one without (1/K)."""
   out = []
   for norm in config["norms"]:
     for seed in config["seeds"]:
       for tag, p in (("corr", config["p_spur"]), ("nocorr", 1.0 / config["num_classes"])):
-        out.append(_suite.ModelSpec("small_cnn", norm, radius(config, norm), seed, tag=tag,
+        out.append(suite.ModelSpec("small_cnn", norm, radius(config, norm), seed, tag=tag,
                                     data=(("p", p),)))
   return out
 
@@ -77,27 +77,27 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   from spurjax import data
   from spurjax import train
   start = time.perf_counter()
-  _suite.quiet_orbax()
+  suite.quiet_orbax()
   shared = suite_config(config)
   specs = specs_of(config)
-  _suite.train_models(shared, workdir, specs)
-  dcfg = _suite.data_config(shared)
+  suite.train_models(shared, workdir, specs)
+  dcfg = suite.data_config(shared)
   n = int(config["n_eval"])
   sets = {}
   for domain in ("train", "uncorrelated"):
-    b = data.sample_batch(_suite.eval_key(config["eval_seed"], domain), dcfg, n, domain)
+    b = data.sample_batch(suite.eval_key(config["eval_seed"], domain), dcfg, n, domain)
     sets["preserved" if domain == "train" else "uncorrelated"] = (np.asarray(b.images),
                                                                   np.asarray(b.labels))
   rows = []
   for spec in specs:
-    model = train.load_model(_suite.model_dir(workdir, spec))
+    model = train.load_model(suite.model_dir(workdir, spec))
     row = {"model": spec.name, "norm": spec.norm, "eps": spec.eps, "seed": spec.seed,
            "train_p": dict(spec.data)["p"]}
     for name, (x, y) in sets.items():
       row[f"clean_acc_{name}"] = train.evaluate_accuracy(model, x, y)
       row[f"pgd_acc_{name}"] = train.evaluate_accuracy(
           model, x, y, norm=spec.norm, eps=spec.eps, steps=int(config["pgd_steps"]),
-          key=_suite.eval_key(config["eval_seed"], f"pgd_{name}"))
+          key=suite.eval_key(config["eval_seed"], f"pgd_{name}"))
     logging.info("%s: %s", spec.name, {k: v for k, v in row.items() if "acc" in k})
     rows.append(row)
   return _common.write_outputs(workdir, "preserved_correlation", rows=rows,
@@ -144,12 +144,9 @@ def main(argv):
   config = _common.resolve_config(PRESETS, CONFIG_FLAGS)
   try:
     for n in config["norms"]:
-      _common.check(n in _suite.NORMS, f"--norms: unknown norm {n!r}")
+      _common.check(n in suite.NORMS, f"--norms: unknown norm {n!r}")
     _common.check(bool(config["norms"]), "--norms: empty")
-    try:
-      config["seeds"] = [int(s) for s in config["seeds"]]
-    except ValueError as e:
-      raise flags.ValidationError(f"--seeds: not a list of ints: {config['seeds']}") from e
+    _common.check(bool(config["seeds"]), "--seeds: empty")
     _common.check(config["image_size"] % 8 == 0, "--image_size: must be a multiple of 8")
   except flags.ValidationError as e:
     raise app.UsageError(str(e)) from e

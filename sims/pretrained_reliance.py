@@ -53,9 +53,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from sims import _common
+from spurjax import norms as norms_lib
 
 BENCHMARKS = ("imagenet", "in9", "salient", "objectnet", "waterbirds", "rival10")
-ATTACK_NORMS = ("l1", "l2", "linf")
+ATTACK_NORMS = norms_lib.NORMS
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".ckpt", ".pt", ".pth", ".safetensors")
 # The architectures that spurjax builds (`spurjax.imagenet_models.IMAGENET_ARCHS`).
 KNOWN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",
@@ -154,7 +155,7 @@ def _eps(norm: str, value: str, where: str) -> tuple[float, str]:
   if not np.isfinite(v) or v < 0:
     raise ValueError(f"{where}: eps must be a finite number >= 0, got {value!r}")
   if norm == "linf":
-    return v / 255.0, f"{value}/255"
+    return norms_lib.pixel_radius(norm, v), f"{value}/255"
   return v, ("0" if norm == "none" else value)
 
 
@@ -458,7 +459,7 @@ def robust_accuracy(key, logits_fn: Callable, attack: Callable, images: Any, lab
 
 def eval_radius(config: Mapping[str, Any], norm: str) -> float:
   """The evaluation radius of `norm` in pixel units (l_inf flag in units of 1/255)."""
-  return float(config[f"eps_eval_{norm}"]) / (255.0 if norm == "linf" else 1.0)
+  return norms_lib.pixel_radius(norm, config[f"eps_eval_{norm}"])
 
 
 def _floats(text: Any) -> tuple[float, ...]:

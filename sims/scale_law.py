@@ -34,7 +34,7 @@ from absl import logging
 import numpy as np
 
 from sims import _common
-from sims import _suite
+from spurjax import suite
 
 _DEFAULT = dict(contrasts=[0.05, 0.2, 0.6, 1.0], norms=["none", "l2", "linf"], eps_l2=1.0,
                 eps_linf=8.0, eps_l1=10.0, seeds=[0], p=0.6, marker_p=0.9, image_size=16,
@@ -53,27 +53,27 @@ FIELDS = ("model", "bg_contrast", "norm", "eps", "seed", "clean_acc", "shape_rat
 
 FLAGS = flags.FLAGS
 _common.define_common_flags("results/scale_law", PRESETS, x64_default=False)
-flags.DEFINE_list("contrasts", None, "Background contrasts to sweep, in [0, 1].")
+_common.define_float_list("contrasts", None, "Background contrasts to sweep, in [0, 1].")
 flags.DEFINE_list("norms", None, "Training norms: none, l2, linf (l1 also accepted).")
 flags.DEFINE_float("p", None, "P(background = class) in training.", lower_bound=0,
                    upper_bound=1)
 flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
                    upper_bound=1)
 flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=3, upper_bound=12)
-_suite.define_experiment_flags()
+_common.define_experiment_flags()
 
-radius = _suite.radius
+radius = _common.radius
 
 
 def suite_config(config: dict[str, Any]) -> dict[str, Any]:
-  """Shared settings for `sims._suite` (bg_contrast is set per model)."""
-  return _suite.experiment_settings(config, p=config["p"], bg_contrast=config["contrasts"][0],
+  """Shared settings for `spurjax.suite` (bg_contrast is set per model)."""
+  return _common.experiment_settings(config, p=config["p"], bg_contrast=config["contrasts"][0],
                                     marker=True, marker_p=config["marker_p"])
 
 
-def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:
+def specs_of(config: dict[str, Any]) -> list[suite.ModelSpec]:
   """One model per (contrast, norm, seed), tagged `c<contrast>`."""
-  return [_suite.ModelSpec("small_cnn", norm, radius(config, norm), seed, tag=f"c{c:g}",
+  return [suite.ModelSpec("small_cnn", norm, radius(config, norm), seed, tag=f"c{c:g}",
                            data=(("bg_contrast", c),))
           for c in config["contrasts"] for norm in config["norms"] for seed in config["seeds"]]
 
@@ -81,7 +81,7 @@ def specs_of(config: dict[str, Any]) -> list[_suite.ModelSpec]:
 def cue_scales(key, settings: dict[str, Any], n: int) -> dict[str, float]:
   """Measured per-pixel amplitude and l2 energy of the texture and the marker (see doc)."""
   from spurjax import data
-  cfg = _suite.data_config(settings)
+  cfg = suite.data_config(settings)
   b = data.sample_batch(key, cfg, n)
   flat = data.sample_batch(key, cfg.replace(bg_contrast=0.0), n)
   no_marker = data.sample_batch(key, data.DataConfig(
@@ -109,26 +109,26 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   from spurjax import reliance
   from spurjax import train
   start = time.perf_counter()
-  _suite.quiet_orbax()
+  suite.quiet_orbax()
   shared = suite_config(config)
   specs = specs_of(config)
-  _suite.train_models(shared, workdir, specs)
+  suite.train_models(shared, workdir, specs)
   n = int(config["n_eval"])
   rows = []
   for c in config["contrasts"]:
     settings = dict(shared, bg_contrast=c)
-    scales = cue_scales(_suite.eval_key(config["eval_seed"], "scales"), settings, n)
+    scales = cue_scales(suite.eval_key(config["eval_seed"], "scales"), settings, n)
     # Conflict set: background and marker never match the class (p = marker_p = 0).
-    conflict = data.sample_batch(_suite.eval_key(config["eval_seed"], "conflict"),
-                                 _suite.data_config(dict(settings, p=0.0, marker_p=0.0)), n)
+    conflict = data.sample_batch(suite.eval_key(config["eval_seed"], "conflict"),
+                                 suite.data_config(dict(settings, p=0.0, marker_p=0.0)), n)
     keep = np.asarray(conflict.bg_ids) != np.asarray(conflict.marker_ids)
     xc = np.asarray(conflict.images)[keep]
     ids = {k: np.asarray(getattr(conflict, f))[keep]
            for k, f in (("shape", "labels"), ("bg", "bg_ids"), ("marker", "marker_ids"))}
-    clean = data.sample_batch(_suite.eval_key(config["eval_seed"], "clean"),
-                              _suite.data_config(settings), n)
+    clean = data.sample_batch(suite.eval_key(config["eval_seed"], "clean"),
+                              suite.data_config(settings), n)
     for spec in (s for s in specs if dict(s.data)["bg_contrast"] == c):
-      model = train.load_model(_suite.model_dir(workdir, spec))
+      model = train.load_model(suite.model_dir(workdir, spec))
       # The model itself: reliance's jitted functions take its parameters as arguments,
       # so only the first model of an architecture compiles.
       pred = reliance.predictions(model, xc)
@@ -197,15 +197,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _common.resolve_config(PRESETS, CONFIG_FLAGS)
   try:
-    try:
-      config["contrasts"] = [float(c) for c in config["contrasts"]]
-      config["seeds"] = [int(s) for s in config["seeds"]]
-    except ValueError as e:
-      raise flags.ValidationError(f"--contrasts/--seeds: not numbers: {e}") from e
+    _common.check(bool(config["seeds"]), "--seeds: empty")
     _common.check(bool(config["contrasts"]) and all(0 <= c <= 1 for c in config["contrasts"]),
                   f"--contrasts: values must be in [0, 1], got {config['contrasts']}")
     for n in config["norms"]:
-      _common.check(n in ("none",) + _suite.NORMS, f"--norms: unknown norm {n!r}")
+      _common.check(n in ("none",) + suite.NORMS, f"--norms: unknown norm {n!r}")
     _common.check(config["image_size"] % 8 == 0, "--image_size: must be a multiple of 8")
   except flags.ValidationError as e:
     raise app.UsageError(str(e)) from e

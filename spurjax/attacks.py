@@ -47,6 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spurjax import evalset
+from spurjax import norms as norms_lib
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 # Sums of |u| below this are treated as zero (the l1 random direction is never that small).
@@ -264,12 +267,13 @@ _NORMS = {
     "l2": _Norm(_l2_init, _l2_direction, _project_l2_box, _l2_vertex),
     "l1": _Norm(_l1_init, _l1_direction, _project_l1_box, _l1_vertex),
 }
-NORMS = tuple(_NORMS)
+NORMS = norms_lib.NORMS
+assert set(_NORMS) == set(NORMS)
 
 
 def lp_norm(delta: jax.Array, norm: str) -> jax.Array:
   """Per-example norm of `delta` `(B, ...)`: `(B,)`."""
-  _check_norm(norm)
+  norms_lib.check_norm(norm)
   flat = delta.reshape(delta.shape[0], -1)
   if norm == "linf":
     return jnp.max(jnp.abs(flat), axis=1)
@@ -353,11 +357,6 @@ def _is_concrete(v) -> bool:
   return not isinstance(v, jax.core.Tracer)
 
 
-def _check_norm(norm) -> None:
-  if norm not in _NORMS:
-    raise ValueError(f"norm: unknown norm {norm!r}; expected one of {NORMS}")
-
-
 def validate_inputs(x, y=None, *, eps=None, num_classes: int | None = None) -> None:
   """Checks concrete (non-traced) attack inputs; traced values are skipped.
 
@@ -370,6 +369,7 @@ def validate_inputs(x, y=None, *, eps=None, num_classes: int | None = None) -> N
     raise ValueError(f"x: expected an NHWC image batch of rank 4, got shape {jnp.shape(x)}")
   if _is_concrete(x):
     xv = np.asarray(x)
+    evalset.check_finite("x", xv)
     if xv.size and not (np.isfinite(xv).all() and xv.min() >= 0.0 and xv.max() <= 1.0):
       raise ValueError(f"x: images must lie in [0, 1]; got range [{xv.min()}, {xv.max()}]")
   if eps is not None and _is_concrete(eps):
@@ -439,7 +439,7 @@ def pgd(key: jax.Array, loss_fn: LossFn, x: jax.Array, y: jax.Array, *, norm: st
     ValueError naming the argument for an unknown `norm`, negative `eps`, `steps < 0`, or
     (concrete) images outside [0, 1] / not rank 4, or labels out of range.
   """
-  _check_norm(norm)
+  norms_lib.check_norm(norm)
   if not isinstance(steps, (int, np.integer)) or steps < 0:
     raise ValueError(f"steps: must be a non-negative int, got {steps!r}")
   if not 0.0 <= l1_sparsity < 1.0:
@@ -603,7 +603,7 @@ def linear_worst_case(w: jax.Array, x: jax.Array, *, norm: str, eps,
   Returns:
     `(B, ...)` optimal perturbations `delta`.
   """
-  _check_norm(norm)
+  norms_lib.check_norm(norm)
   if _is_concrete(eps) and np.asarray(eps) < 0:
     raise ValueError(f"eps: must be >= 0, got {eps!r}")
   b = x.shape[0]

@@ -43,6 +43,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from spurjax import attacks as _atk
+from spurjax import norms
 from spurjax import parallel
 
 VERSIONS = ("standard", "fast")
@@ -194,7 +195,7 @@ def _apgd_run(key, obj, x, eps, *, norm, steps, rho, momentum, l1_k_init, start=
 
 
 def _check_common(x, eps, norm, steps, restarts):
-  _atk._check_norm(norm)
+  norms.check_norm(norm)
   if not isinstance(steps, (int, np.integer)) or steps < 0:
     raise ValueError(f"steps: must be a non-negative int, got {steps!r}")
   if not isinstance(restarts, (int, np.integer)) or restarts < 1:
@@ -647,7 +648,7 @@ def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps, version: str 
   Returns:
     `(N, H, W, C)` adversarial images (and the counts dict if `return_counts`).
   """
-  _atk._check_norm(norm)
+  norms.check_norm(norm)
   if version not in _VERSIONS:
     raise ValueError(f"version: unknown version {version!r}; expected one of {VERSIONS}")
   from flax import nnx

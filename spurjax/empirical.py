@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spurjax import theory
+from spurjax import norms
 
 
 class FitResult(NamedTuple):
@@ -31,7 +31,7 @@ class FitResult(NamedTuple):
 def empirical_adversarial_risk(w: jax.Array, x: jax.Array, y: jax.Array, eps: Any,
                                norm: str) -> jax.Array:
   """R_n(w) = mean_i (|w^T x_i - y_i| + eps ||w||_q)^2; `w (d,)`, `x (n, d)`, `y (n,)`."""
-  n_w = theory._dual_norm_of_w(w, norm)  # pylint: disable=protected-access
+  n_w = norms.dual_norm(w, norm)
   return jnp.mean((jnp.abs(x @ w - y) + eps * n_w) ** 2)
 
 
@@ -50,7 +50,7 @@ def fit_adversarial_linear(x: jax.Array, y: jax.Array, eps: Any, norm: str, *,
   Returns:
     `FitResult(w, train_risk)`, starting from w = 0.
   """
-  theory._check_norm(norm)  # pylint: disable=protected-access
+  norms.check_norm(norm)
   if x.ndim != 2 or y.shape != x.shape[:1]:
     raise ValueError(f"x must be (n, d) and y (n,), got {x.shape} and {y.shape}")
   opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))

@@ -30,10 +30,29 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import chex
+import jax
 import numpy as np
 
 IN9_VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same",
                 "mixed_rand", "mixed_next")
+
+
+def check_finite(field: str, x: Any) -> None:
+  """Raises ValueError naming `field` and the first bad index if the concrete array `x`
+  holds a NaN or an infinity; integer arrays and traced values pass (check concrete inputs
+  at the API boundary, never inside jitted code: this reads the array on the host)."""
+  if isinstance(x, jax.core.Tracer):
+    return
+  a = np.asarray(x)
+  if not np.issubdtype(a.dtype, np.inexact):
+    return
+  try:
+    chex.assert_tree_all_finite(a)
+  except AssertionError:
+    bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+    raise ValueError(f"{field}: non-finite value {a[bad]} at index {bad}; inputs must be "
+                     "finite") from None
 
 
 def _shape(x: Any) -> tuple[int, ...]:

@@ -65,9 +65,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spurjax import norms
 from spurjax import theory
 
-NORMS = theory.NORMS
+NORMS = norms.NORMS
 K = theory.K
 Minimizer = theory.Minimizer
 PSD_RTOL = 1e-10  # relative tolerance on the joint covariance's eigenvalues (see above)
@@ -250,7 +251,7 @@ def adversarial_risk(model: GaussianModel, w: Any, eps: Any, norm: str) -> jax.A
     `()` the risk; gradients in w are finite everywhere.
   """
   validate_gaussian(model)
-  theory._check_norm(norm)
+  norms.check_norm(norm)
   theory._check_eps(eps)
   _check_w(model, w)
   sigma, cross, var_y = _fields(model)
@@ -607,7 +608,7 @@ def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
     (`w_core`, `w_spu`, `a`, `b`) are NaN, having no meaning here.
   """
   validate_gaussian(model, positive_definite=True)
-  theory._check_norm(norm)
+  norms.check_norm(norm)
   theory._check_eps(eps)
   d = model.dim
   if max_steps is None:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from spurjax.evalset import check_finite
 from spurjax.io import atomic_write
 
 DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -87,7 +88,9 @@ def extract_features(feature_fn: Callable[[jax.Array], jax.Array], images,
   fn = jax.jit(feature_fn)
   out = []
   for i in range(0, n, batch_size):
-    out.append(np.asarray(fn(jnp.asarray(images[i:i + batch_size])), np.float32))
+    batch = images[i:i + batch_size]
+    check_finite(f"images[{i}:{i + batch_size}]", batch)
+    out.append(np.asarray(fn(jnp.asarray(batch)), np.float32))
   feats = np.concatenate(out, axis=0)
   if feats.ndim != 2:
     raise ValueError(f"feature_fn: must return (B, D) features, got shape {feats.shape[1:]}")

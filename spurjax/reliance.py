@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spurjax import evalset as evalset_lib
+from spurjax import parallel
 
 RFS_SIGMAS = tuple(s / 255.0 for s in range(30, 211, 30))
 SALIENT_SIGMA = 0.25
@@ -189,18 +190,22 @@ def _n(x: Any) -> int:
   return int(x.shape[0]) if hasattr(x, "shape") else len(x)
 
 
-def _chunks(n: int, batch_size: int):
-  for start in range(0, n, batch_size):
-    yield start, min(n, start + batch_size)
-
-
-def _take(arr: Any, start: int, stop: int, batch_size: int) -> np.ndarray:
-  """arr[start:stop] as float32 numpy, zero-padded to batch_size rows (one compilation)."""
-  a = np.asarray(arr[start:stop], dtype=np.float32)
-  if a.shape[0] < batch_size:
-    pad = np.zeros((batch_size - a.shape[0],) + a.shape[1:], np.float32)
-    a = np.concatenate([a, pad])
-  return a
+def _batches(batch_size: int, *arrays: Any):
+  """`(start, m, *batches)` over `arrays` (equal leading size N, any array-like with slicing,
+  lazy ones included): `parallel.padded_batches`' fixed-size, zero-padded batches as float32
+  numpy, so one compilation serves all; a NaN or infinite entry raises ValueError naming the
+  rows (checked per batch: lazy arrays stay lazy). Nothing is yielded when N = 0."""
+  arrays = tuple(a if hasattr(a, "shape") else np.asarray(a) for a in arrays)
+  for j, m, _, *parts in parallel.padded_batches(batch_size, *arrays):
+    if m == 0:
+      return
+    start = j * batch_size
+    out = []
+    for field, part in zip(("images", "masks"), parts):
+      a = np.asarray(part, dtype=np.float32)
+      evalset_lib.check_finite(f"{field}[{start}:{start + m}]", a)
+      out.append(a)
+    yield (start, m, *out)
 
 
 def _check_logits(logits: jax.Array, x: jax.Array) -> None:
@@ -332,11 +337,9 @@ def _mapped_apply(apply_fn: ApplyFn, class_map: evalset_lib.ClassMap) -> ApplyFn
 
 
 def _predict_all(model: _Model, images: Any, batch_size: int) -> np.ndarray:
-  n = _n(images)
-  out = np.empty(n, np.int64)
-  for start, stop in _chunks(n, batch_size):
-    p = model.predict(_take(images, start, stop, batch_size))
-    out[start:stop] = np.asarray(p)[:stop - start]
+  out = np.empty(_n(images), np.int64)
+  for start, m, x in _batches(batch_size, images):
+    out[start:start + m] = np.asarray(model.predict(x))[:m]
   return out
 
 
@@ -360,16 +363,12 @@ def _pair_counters(key: jax.Array, model: _Model, images: Any, labels: np.ndarra
                    batch_size: int) -> tuple[_Counter, _Counter]:
   """Counts for noise on the mask (first) and off the mask (second), pooled over trials."""
   c_in, c_out = _Counter(num_classes), _Counter(num_classes)
-  n = _n(images)
   for t in range(trials):
-    for b, (start, stop) in enumerate(_chunks(n, batch_size)):
-      k = jax.random.fold_in(jax.random.fold_in(key, t), b)
-      x = _take(images, start, stop, batch_size)
-      m = _take(masks, start, stop, batch_size)
+    for start, valid, x, m in _batches(batch_size, images, masks):
+      k = jax.random.fold_in(jax.random.fold_in(key, t), start // batch_size)
       p_in, p_out = model.pair(k, x, m, jnp.float32(sigma), mode)
-      valid = stop - start
-      c_in.add(np.asarray(p_in)[:valid], labels[start:stop])
-      c_out.add(np.asarray(p_out)[:valid], labels[start:stop])
+      c_in.add(np.asarray(p_in)[:valid], labels[start:start + valid])
+      c_out.add(np.asarray(p_out)[:valid], labels[start:start + valid])
   return c_in, c_out
 
 

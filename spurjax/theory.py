@@ -48,7 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NORMS = ("l1", "l2", "linf")
+from spurjax import norms
+
+NORMS = norms.NORMS
 K = math.sqrt(2.0 / math.pi)  # E|N(0, 1)|
 _BISECTION_STEPS = 64  # halves the bracket to 2^-64 of its width: below float64 round-off
 _NEWTON_STEPS = 8  # safeguarded Newton steps per line piece (see `_line_min`)
@@ -167,11 +169,6 @@ def _check_nondegenerate(model: CoreSpuriousModel) -> None:
                      "features copy the label and the minimizer is not unique")
 
 
-def _check_norm(norm: Any) -> None:
-  if norm not in NORMS:
-    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-
-
 def _check_eps(eps: Any, name: str = "eps") -> None:
   _check_range(name, eps, lo=0.0, allowed="finite and >= 0")
 
@@ -272,15 +269,6 @@ def _safe_l2(x: jax.Array) -> jax.Array:
   return _safe_sqrt(jnp.sum(x * x))
 
 
-def _dual_norm_of_w(w: jax.Array, norm: str) -> jax.Array:
-  """||w||_q for the attack norm p (q = p*): l1 -> linf, l2 -> l2, linf -> l1."""
-  if norm == "l1":
-    return jnp.max(jnp.abs(w)) if w.size else jnp.zeros((), w.dtype)
-  if norm == "l2":
-    return _safe_l2(w)
-  return jnp.sum(jnp.abs(w))
-
-
 def _risk_from(s: jax.Array, n: jax.Array, eps: jax.Array) -> jax.Array:
   """R = s^2 + 2 eps k s n + eps^2 n^2."""
   return s * s + 2.0 * eps * K * s * n + (eps * n) ** 2
@@ -332,12 +320,12 @@ def adversarial_risk(model: CoreSpuriousModel, w: jax.Array, eps: Any, norm: str
   if not isinstance(model, CoreSpuriousModel):  # a general spurjax.gaussian.GaussianModel
     return _gaussian().adversarial_risk(model, w, eps, norm)
   validate_model(model)
-  _check_norm(norm)
+  norms.check_norm(norm)
   _check_eps(eps)
   w = jnp.asarray(w, jnp.result_type(float))
   _check_w(model, w)
   s = _safe_sqrt(_residual_sq(model, w))
-  n = _dual_norm_of_w(w, norm)
+  n = norms.dual_norm(w, norm)
   return _risk_from(s, n, jnp.asarray(eps, w.dtype))
 
 
@@ -725,7 +713,7 @@ def adversarial_minimizer(model: CoreSpuriousModel, eps: Any, norm: str) -> Mini
     return _gaussian().adversarial_minimizer(model, eps, norm)
   validate_model(model)
   _check_nondegenerate(model)
-  _check_norm(norm)
+  norms.check_norm(norm)
   _check_eps(eps)
   dtype = jnp.result_type(float)
   a, b, risk = _minimize_reduced(_reduce(model), jnp.asarray(eps, dtype), norm=norm,
@@ -767,7 +755,7 @@ def robust_interpolation_radius(model: CoreSpuriousModel, norm: str) -> jax.Arra
     `()` eps* for the attack norm.
   """
   validate_model(model)
-  _check_norm(norm)
+  norms.check_norm(norm)
   s_c, s_s, r, s_n = _fields(model)
   d_c, d_s = model.d_core, model.d_spu
   eps2 = K * s_c * jnp.sqrt((1.0 - r**2) / (1.0 + r**2 * (d_s - 1)))
@@ -793,7 +781,7 @@ def collapse_radius(model: CoreSpuriousModel, norm: str) -> jax.Array:
   ||c||_p is the attack's own l_p norm of c = Cov(x, y) = (s_c theta, s_s r sqrt(v) 1).
   """
   validate_model(model)
-  _check_norm(norm)
+  norms.check_norm(norm)
   s_c, s_s, r, s_n = _fields(model)
   d_c, d_s = model.d_core, model.d_spu
   v = 1.0 + s_n**2

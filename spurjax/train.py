@@ -50,9 +50,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from spurjax import attacks
 from spurjax import io
 from spurjax import models
+from spurjax import norms
 from spurjax import parallel
 
 BatchFn = Callable[[jax.Array, int], tuple[Any, Any]]
+
+__all__ = ["TrainConfig", "TrainResult", "BatchFn", "make_optimizer", "data_mesh", "train",
+           "load_config", "load_model", "evaluate_accuracy"]
 
 _SCHEDULES = ("constant", "cosine", "piecewise")
 _OPTIMIZERS = ("sgd", "adam")
@@ -124,9 +128,7 @@ class TrainConfig:
       raise ValueError(f"schedule: expected one of {_SCHEDULES}, got {self.schedule!r}")
     if not (self.lr > 0 and math.isfinite(self.lr)):
       raise ValueError(f"lr: must be finite and > 0, got {self.lr}")
-    if self.adv_norm is not None and self.adv_norm not in attacks.NORMS:
-      raise ValueError(f"adv_norm: expected None or one of {attacks.NORMS}, "
-                       f"got {self.adv_norm!r}")
+    norms.check_norm(self.adv_norm, "adv_norm", allow_none=True)
     if not (self.adv_eps >= 0 and math.isfinite(self.adv_eps)):
       raise ValueError(f"adv_eps: must be finite and >= 0, got {self.adv_eps}")
     if self.adv_steps < 0:
@@ -157,7 +159,8 @@ class TrainResult(NamedTuple):
 # --------------------------------------------------------------------------------- state
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns `(tx, schedule)`: weight decay, then SGD-Nesterov or Adam on the lr schedule."""
   peak, total, warm = config.lr, config.steps, config.warmup_steps
   if config.schedule == "constant":
@@ -447,7 +450,7 @@ def evaluate_accuracy(model: nnx.Module, images, labels, *, norm: str | None = N
                                                              jnp.float32)).shape[-1]
   attacks.validate_inputs(images, labels, eps=eps, num_classes=k)
   if norm is not None:
-    attacks._check_norm(norm)  # pylint: disable=protected-access
+    norms.check_norm(norm)
   if attack not in ("pgd", "fgsm"):
     raise ValueError(f"attack: expected 'pgd' or 'fgsm', got {attack!r}")
   if norm is not None and attack == "pgd" and random_start and key is None:

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import strategies as st
 
 from spurjax import attacks
+from spurjax import norms
 
-NORMS = ("linf", "l2", "l1")
+NORMS = norms.NORMS
 SHAPE = (4, 8, 8, 3)
 K = 3
 # Radii that matter in practice per norm, used as the upper end of the drawn eps.

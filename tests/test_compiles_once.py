@@ -5,6 +5,7 @@ Counts are taken as the growth of a jitted function's cache (`_cache_size()`), s
 tests in the same process that compiled the same programs do not matter.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +65,7 @@ def test_eval_set_renders_all_parts_with_one_compilation():
 
 
 def test_grid_map_does_not_retrace_repeated_sweeps():
+  @chex.assert_max_traces(n=1)  # a second trace of fn raises AssertionError
   def fn(a, b):
     return jnp.sin(a) * b
 

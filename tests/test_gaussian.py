@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from spurjax import gaussian as G
+from spurjax import norms
 from spurjax import theory as T
 
-NORMS = ("l1", "l2", "linf")
+NORMS = norms.NORMS
 
 
 @pytest.fixture(autouse=True)

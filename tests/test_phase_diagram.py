@@ -59,7 +59,10 @@ def test_grid_map_sharded_over_4_devices_equals_single_device():
   from spurjax import parallel
   from spurjax import theory as T
   code = textwrap.dedent("""
-      import json, sys, jax, numpy as np
+      import json, sys
+      import chex
+      chex.set_n_cpu_devices(4)  # before jax starts its CPU backend
+      import jax, numpy as np
       jax.config.update("jax_enable_x64", True)
       from spurjax import parallel, theory as T
       assert len(jax.devices()) == 4, jax.devices()
@@ -70,7 +73,7 @@ def test_grid_map_sharded_over_4_devices_equals_single_device():
       out = parallel.grid_map(fn, eps, s_s)
       print(json.dumps(out.tolist()))
   """)
-  proc = _run(["-c", code], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  proc = _run(["-c", code])
   assert proc.returncode == 0, proc.stderr[-2000:]
   sharded = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
   with jax.enable_x64(True):

@@ -202,6 +202,8 @@ def test_bad_inputs_raise_naming_argument(standard, test_set, tmp_path):
 
 _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import json, sys
+    import chex
+    chex.set_n_cpu_devices(4)  # before jax starts its CPU backend
     import jax, numpy as np
     from flax import nnx
     sys.path.insert(0, sys.argv[1])
@@ -217,8 +219,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 def test_data_parallel_matches_single_device(tmp_path):
   """The same run sharded over 4 (virtual CPU) devices ends with the same parameters."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = tmp_path / "params.npz"
   proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT, root,
                          str(tmp_path / "multi"), str(out)], env=env, cwd=root,

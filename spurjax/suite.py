@@ -1,4 +1,4 @@
-"""Shared pieces of the image sims: model specs, training with skip/resume, evaluation.
+"""Model suites: many small CNNs trained on the procedural data, with skip and resume.
 
 A suite workdir holds `suite.json` (the data and training settings every model shares) and
 `models/<name>/`, one `spurjax.train` workdir per model (`config.json`, `metrics.jsonl`,
@@ -6,10 +6,10 @@ A suite workdir holds `suite.json` (the data and training settings every model s
 of the final step is finalized (orbax renames a finished save to the bare step number).
 Completed models are never touched again; an unfinished one resumes from its latest
 checkpoint (`spurjax.train.train`), so an interrupted suite ends with the same parameters as
-an uninterrupted one.
-
-Data: the procedural dataset of `spurjax.data`; batch t of a model with seed s is
-`sample_batch(fold_in(fold_in(key(s), 1), t), data_config, batch_size, "train")`.
+an uninterrupted one. Batch t of a model with seed s is
+`data.sample_batch(fold_in(fold_in(key(s), 1), t), data_config, batch_size, "train")`.
+Entry points: `sims.model_suite` (train), `sims.background_reliance` (evaluate); see
+`docs/results.md`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,26 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
-from absl import flags
 from absl import logging
 
 from spurjax import io
+from spurjax import norms as norms_lib
 
-NORMS = ("l1", "l2", "linf")
+__all__ = [
+    "DATA_FIELDS", "TRAIN_FIELDS", "ModelSpec", "SuiteMismatchError", "grid_specs",
+    "check_grid", "data_settings", "data_config", "train_config", "make_batch_fn",
+    "model_dir", "is_complete", "check_suite_file", "read_suite_file", "train_models",
+    "list_models", "apply_fn_of", "eval_key", "quiet_orbax"]
+
+NORMS = norms_lib.NORMS
 DATA_FIELDS = ("image_size", "num_classes", "p", "bg_contrast", "fg_scale", "marker",
                "marker_p")
 TRAIN_FIELDS = ("width", "steps", "batch_size", "optimizer", "lr", "adv_steps",
                 "checkpoint_every")
+
+
+class SuiteMismatchError(ValueError):
+  """A workdir's `suite.json` holds other shared settings than the suite being trained."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +61,65 @@ class ModelSpec:
     """Directory name, e.g. `small_cnn_linf_eps0.01569_seed0` (eps to 4 significant digits)."""
     base = f"{self.arch}_{self.norm}_eps{self.eps:.4g}_seed{self.seed}"
     return f"{self.tag}_{base}" if self.tag else base
+
+
+def grid_specs(archs: Sequence[str], seeds: Sequence[int], norms: Sequence[str],
+               radii: Mapping[str, Sequence[float]], *, standard: bool = True) -> list[ModelSpec]:
+  """The models of a full grid in training order: per arch and seed, the standard model
+  (norm "none", eps 0) when `standard`, then each norm's radii in pixel units
+  (`radii[norm]`, l_inf included: convert quoted /255 values with `norms.pixel_radius`)."""
+  out = []
+  for arch in archs:
+    for seed in seeds:
+      if standard:
+        out.append(ModelSpec(arch, "none", 0.0, int(seed)))
+      for norm in norms:
+        for eps in radii[norm]:
+          out.append(ModelSpec(arch, norm, float(eps), int(seed)))
+  return out
+
+
+def check_grid(*, archs: Sequence[str], seeds: Sequence[Any], norms: Sequence[str],
+               radii: Mapping[str, Sequence[Any]], standard: bool, image_size: int,
+               num_classes: int, lr: float) -> None:
+  """Checks the settings of a suite grid.
+
+  Raises:
+    ValueError starting with the field name: `archs` empty or unknown, `norms` unknown,
+      `eps_<norm>` not numbers > 0, `seeds` empty or not ints >= 0, `image_size` not a
+      multiple of 8, `num_classes` above the number of shapes, `lr` <= 0, or no model at
+      all (`norms` empty and not `standard`).
+  """
+  from spurjax import data as data_lib
+  from spurjax import models
+  if not archs:
+    raise ValueError("archs: empty")
+  for a in archs:
+    if a not in models.ARCHS:
+      raise ValueError(f"archs: unknown architecture {a!r}; known: {sorted(models.ARCHS)}")
+  for n in norms:
+    norms_lib.check_norm(n, "norms")
+  for n, values in radii.items():
+    try:
+      vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+      raise ValueError(f"eps_{n}: not a list of numbers: {values}") from None
+    if not all(v > 0 for v in vals):
+      raise ValueError(f"eps_{n}: radii must be > 0, got {vals}")
+  try:
+    ints = [int(s) for s in seeds]
+  except (TypeError, ValueError):
+    raise ValueError(f"seeds: not a list of ints: {seeds}") from None
+  if not ints or any(s < 0 for s in ints):
+    raise ValueError(f"seeds: need at least one seed >= 0, got {ints}")
+  if image_size % 8:
+    raise ValueError(f"image_size: must be a multiple of 8, got {image_size}")
+  if num_classes > len(data_lib.SHAPES):
+    raise ValueError(f"num_classes: at most {len(data_lib.SHAPES)} shapes, got {num_classes}")
+  if not lr > 0:
+    raise ValueError(f"lr: must be > 0, got {lr}")
+  if not norms and not standard:
+    raise ValueError("norms: empty and standard is off: no models to train")
 
 
 def data_settings(config: Mapping[str, Any], spec: ModelSpec | None = None) -> dict[str, Any]:
@@ -121,8 +190,8 @@ def check_suite_file(workdir: str, config: Mapping[str, Any]) -> None:
   """Writes `workdir/suite.json` (the shared data and training settings) or checks it.
 
   Raises:
-    ValueError: the workdir holds a suite with other shared settings (its models would not be
-      comparable); use a new workdir.
+    SuiteMismatchError (a ValueError): the workdir holds a suite with other shared settings
+      (its models would not be comparable); use a new workdir.
   """
   path = os.path.join(workdir, "suite.json")
   shared = {k: config[k] for k in DATA_FIELDS + TRAIN_FIELDS}
@@ -132,9 +201,9 @@ def check_suite_file(workdir: str, config: Mapping[str, Any]) -> None:
       old = json.load(f)
     diff = sorted(k for k in shared if old.get(k) != shared[k])
     if diff:
-      raise ValueError(f"--workdir: {workdir} holds a suite with other settings for "
-                       f"{diff} (old {[old.get(k) for k in diff]}, new "
-                       f"{[shared[k] for k in diff]}); use a new --workdir")
+      raise SuiteMismatchError(
+          f"workdir: {workdir} holds a suite with other settings for {diff} (old "
+          f"{[old.get(k) for k in diff]}, new {[shared[k] for k in diff]}); use a new workdir")
   else:
     io.write_json(path, shared)
 
@@ -143,7 +212,7 @@ def read_suite_file(workdir: str) -> dict[str, Any]:
   """The shared settings of the suite in `workdir` (`suite.json`)."""
   path = os.path.join(workdir, "suite.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"--workdir: no suite.json in {workdir}; run the suite first")
+    raise FileNotFoundError(f"workdir: no suite.json in {workdir}; run the suite first")
   with open(path) as f:
     return json.load(f)
 
@@ -263,49 +332,3 @@ def eval_key(seed: int, what: str):
   import jax
   import zlib
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(what.encode()) & 0x7FFFFFFF)
-
-
-# ------------------------------------------------- the small single-question experiments
-
-
-def define_experiment_flags() -> None:
-  """Flags shared by `sims.preserved_correlation` and `sims.scale_law`.
-
-  Radii (--eps_l1, --eps_l2, --eps_linf in units of 1/255), seeds, image size, object
-  size, SmallCNN width and training settings, and the evaluation size and seed. Defaults are
-  None: each sim's preset supplies them (`_common.resolve_config`).
-  """
-  flags.DEFINE_float("eps_l1", None, "l1 training radius.", lower_bound=0)
-  flags.DEFINE_float("eps_l2", None, "l2 training radius.", lower_bound=0)
-  flags.DEFINE_float("eps_linf", None, "l_inf training radius in units of 1/255.",
-                     lower_bound=0)
-  flags.DEFINE_list("seeds", None, "Seeds.")
-  flags.DEFINE_integer("image_size", None, "Image side (multiple of 8).", lower_bound=8)
-  flags.DEFINE_float("fg_scale", None, "Object size.", lower_bound=0.25, upper_bound=2)
-  flags.DEFINE_integer("width", None, "SmallCNN width.", lower_bound=1)
-  flags.DEFINE_integer("steps", None, "Training steps.", lower_bound=1)
-  flags.DEFINE_integer("batch_size", None, "Batch size.", lower_bound=1)
-  flags.DEFINE_float("lr", None, "Peak SGD learning rate.", lower_bound=0)
-  flags.DEFINE_integer("adv_steps", None, "PGD steps in training.", lower_bound=1)
-  flags.DEFINE_integer("n_eval", None, "Test images (per domain).", lower_bound=8)
-  flags.DEFINE_integer("eval_seed", None, "Seed of the test data (and of PGD).",
-                       lower_bound=0)
-
-
-def radius(config: Mapping[str, Any], norm: str) -> float:
-  """Training radius of `norm` in pixel units: 0 for "none", the l_inf flag is in 1/255."""
-  if norm == "none":
-    return 0.0
-  return config[f"eps_{norm}"] / (255.0 if norm == "linf" else 1.0)
-
-
-def experiment_settings(config: Mapping[str, Any], *, p: float, bg_contrast: float,
-                        marker: bool, marker_p: float) -> dict[str, Any]:
-  """The shared settings `train_models` needs for a SmallCNN experiment (SGD, one final
-  checkpoint), from the flags of `define_experiment_flags` plus the data's p, contrast and
-  marker."""
-  return dict(image_size=config["image_size"], num_classes=config["num_classes"], p=p,
-              bg_contrast=bg_contrast, fg_scale=config["fg_scale"], marker=marker,
-              marker_p=marker_p, width=config["width"], steps=config["steps"],
-              batch_size=config["batch_size"], optimizer="sgd", lr=config["lr"],
-              adv_steps=config["adv_steps"], checkpoint_every=config["steps"])
