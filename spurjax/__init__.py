@@ -16,6 +16,8 @@ Modules:
   loaders: ImageNet-9, Waterbirds, RIVAL10, Salient ImageNet and ObjectNet, read as published.
   fixture_trees: small trees in those five published layouts, drawn from `data`.
   attacks, models, train: l1/l2/l_inf PGD, Flax NNX CNNs, (adversarial) training with resume.
+  checkpoints, evaluation: a training workdir's checkpoints and config; clean and robust
+    accuracy (`train.evaluate_accuracy` re-exports it).
   suite: many models trained with skip/resume in one workdir (suite.json, models/<name>/).
   imagenet_models, pretrained, probe: torchvision-exact ImageNet ResNets, safe import of
     PyTorch checkpoints (robustness library, RobustBench, torchvision), linear probes.

@@ -1,4 +1,7 @@
-"""Standard and adversarial training of `spurjax.models` networks, with resume, and evaluation.
+"""Standard and adversarial training of `spurjax.models` networks, with resume.
+
+The loop lives here; workdir storage in `spurjax.checkpoints`, accuracy under attack in
+`spurjax.evaluation` (`evaluate_accuracy` is re-exported).
 
 Protocol (Madry et al. 2018 adversarial training when `adv_norm` is set): at step s,
 
@@ -48,10 +51,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from spurjax import attacks
+from spurjax import checkpoints
 from spurjax import io
 from spurjax import models
 from spurjax import norms
-from spurjax import parallel
+from spurjax.evaluation import evaluate_accuracy  # re-exported: spurjax.train's public API
 
 BatchFn = Callable[[jax.Array, int], tuple[Any, Any]]
 
@@ -242,33 +246,7 @@ def _step_fn(graphdef, config: TrainConfig, mesh: Mesh):
                  donate_argnums=(0,))
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def _manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
-
-def _restore(mngr: ocp.CheckpointManager, template, step: int, sharding=None):
-  leaves, treedef = jax.tree.flatten(template)
-  abstract = [jax.ShapeDtypeStruct(l.shape, l.dtype, sharding=sharding or l.sharding)
-              for l in leaves]
-  restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  return jax.tree.unflatten(treedef, list(restored))
-
-
-def _write_config(workdir: str, config: TrainConfig) -> None:
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    if old != json.loads(json.dumps(config.to_dict())):
-      raise ValueError(f"config: {workdir} holds a run with a different config; "
-                       f"use a new workdir (old: {old})")
-  else:
-    io.write_json(path, config.to_dict())
+# ---------------------------------------------------------------------- workdir and resume
 
 
 def load_config(workdir: str) -> TrainConfig:
@@ -292,11 +270,11 @@ def load_model(workdir: str, step: int | None = None) -> nnx.Module:
   """
   config = load_config(workdir)
   graphdef, template = _init(config)
-  mngr = _manager(workdir)
+  mngr = checkpoints.manager(workdir)
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"workdir: no checkpoint in {workdir}")
-  state = _restore(mngr, template, step)
+  state = checkpoints.restore(mngr, template, step)
   mngr.close()
   return nnx.merge(graphdef, state["params"], state["rest"])
 
@@ -335,7 +313,7 @@ def train(config: TrainConfig, workdir: str, batch_fn: BatchFn, *,
     ValueError: bad config, a batch of the wrong shape/range, or a workdir of another config.
   """
   os.makedirs(workdir, exist_ok=True)
-  _write_config(workdir, config)
+  checkpoints.write_config(workdir, config)
   mesh = data_mesh()
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size: {config.batch_size} is not divisible by the "
@@ -345,10 +323,10 @@ def train(config: TrainConfig, workdir: str, batch_fn: BatchFn, *,
   graphdef, state = _init(config)
   state = jax.device_put(state, repl)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  mngr = _manager(workdir)
+  mngr = checkpoints.manager(workdir)
   start = mngr.latest_step() or 0
   if start:
-    state = _restore(mngr, state, start, sharding=repl)
+    state = checkpoints.restore(mngr, state, start, sharding=repl)
     # Drop metric lines a killed run wrote after its last checkpoint: they are redone.
     kept = [r for r in io.read_jsonl(metrics_path) if r["step"] <= start]
     text = "".join(json.dumps(r) + "\n" for r in kept)
@@ -395,76 +373,3 @@ def train(config: TrainConfig, workdir: str, batch_fn: BatchFn, *,
   model = nnx.merge(graphdef, jax.device_get(state["params"]),
                     jax.device_get(state["rest"]))
   return TrainResult(model, io.read_jsonl(metrics_path), max(start, end))
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "norm", "steps", "attack", "loss",
-                                             "random_start"))
-def _correct(graphdef, state, x, y, valid, key, eps, step_size, *, norm, steps, attack,
-             loss, random_start):
-  model = nnx.merge(graphdef, state)
-  if norm is not None:
-    loss_fn = attacks.make_loss_fn(model, loss)
-    if attack == "fgsm":
-      x = attacks.fgsm(loss_fn, x, y, eps=eps, norm=norm)
-    else:
-      x = attacks.pgd(key, loss_fn, x, y, norm=norm, eps=eps, steps=steps,
-                      step_size=step_size, random_start=random_start)
-  hit = jnp.argmax(model(x), axis=-1) == y
-  return jnp.sum(jnp.where(valid, hit, False))
-
-
-def evaluate_accuracy(model: nnx.Module, images, labels, *, norm: str | None = None,
-                      eps=0.0, steps: int = 10, key: jax.Array | None = None,
-                      step_size=None, attack: str = "pgd", loss: str = "ce",
-                      random_start: bool = True, batch_size: int = 256) -> float:
-  """Clean (norm None) or adversarial accuracy of `model` in eval mode.
-
-  acc = (1/N) sum_i [argmax f(x_i') = y_i], x_i' = x_i (clean), the `steps`-step PGD point
-  (`attack="pgd"`, loss "ce" by default) or the FGSM point (`attack="fgsm"`), in the
-  `norm`-ball of radius `eps`. Batches of `batch_size` (the last one padded and masked, so
-  one compilation serves all); the PGD key of batch j is `fold_in(key, j)`.
-
-  Args:
-    model: an NNX classifier (its eval view is used).
-    images: `(N, H, W, C)` in [0, 1].
-    labels: `(N,)` ints in [0, K).
-    norm: None, "l1", "l2" or "linf".
-    eps: attack radius (dynamic: no recompilation per radius).
-    steps: PGD steps.
-    key: PRNG key; required for a random-start PGD.
-    step_size: constant PGD step, None for `attacks.pgd`'s default schedule.
-    attack: "pgd" or "fgsm".
-    loss: "ce" or "margin".
-    random_start: PGD random start.
-    batch_size: evaluation batch size.
-
-  Returns:
-    The accuracy in [0, 1] as a Python float.
-  """
-  view = models.eval_view(model)
-  graphdef, state = nnx.split(view)
-  k = jax.eval_shape(lambda x: view(x), jax.ShapeDtypeStruct((1, *np.shape(images)[1:]),
-                                                             jnp.float32)).shape[-1]
-  attacks.validate_inputs(images, labels, eps=eps, num_classes=k)
-  if norm is not None:
-    norms.check_norm(norm)
-  if attack not in ("pgd", "fgsm"):
-    raise ValueError(f"attack: expected 'pgd' or 'fgsm', got {attack!r}")
-  if norm is not None and attack == "pgd" and random_start and key is None:
-    raise ValueError("key: a random-start PGD evaluation needs a PRNG key")
-  key = jax.random.key(0) if key is None else key
-  images = np.asarray(images, np.float32)
-  labels = np.asarray(labels, np.int32)
-  n = images.shape[0]
-  bs = min(batch_size, n)
-  total = 0
-  for j, _, valid, x, y in parallel.padded_batches(bs, images, labels):
-    total += int(_correct(graphdef, state, x, y, valid, jax.random.fold_in(key, j),
-                          jnp.float32(eps),
-                          None if step_size is None else jnp.float32(step_size),
-                          norm=norm, steps=steps, attack=attack, loss=loss,
-                          random_start=random_start))
-  return total / n

@@ -107,7 +107,7 @@ MUTANTS = [
          "  s = jax.lax.stop_gradient(_safe_sqrt(_residual_sq(model, w)))\n"
          "  n = norms.dual_norm(w, norm)")],
        ["tests/test_gradients.py"], "no gradient through the residual in adversarial_risk"),
-    _m("eval_counts_padding", TRN,
+    _m("eval_counts_padding", "spurjax/evaluation.py",
        [("  return jnp.sum(jnp.where(valid, hit, False))", "  return jnp.sum(hit)")],
        [T_PATHS, "-k", "padded"], "evaluate_accuracy counts the zero-padded rows"),
     _m("random_start_ignored", ATT,
@@ -133,8 +133,8 @@ MUTANTS = [
          "eps2 = K * s_c * jnp.sqrt((1.0 - r**2) / (1.0 + r**2 * d_s))")],
        ["tests/test_theory.py"], "l2 interpolation radius: d_s instead of d_s - 1"),
     _m("resume_optimizer_state", TRN,
-       [("    state = _restore(mngr, state, start, sharding=repl)\n",
-         "    state = dict(_restore(mngr, state, start, sharding=repl),\n"
+       [("    state = checkpoints.restore(mngr, state, start, sharding=repl)\n",
+         "    state = dict(checkpoints.restore(mngr, state, start, sharding=repl),\n"
          "                 opt_state=state[\"opt_state\"])\n")],
        ["tests/test_train.py", "-k", "resume"], "resume restarts the optimizer state"),
     _m("resume_attack_key", TRN,

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from spurjax import data
+from spurjax import evaluation
 from spurjax import parallel
 from spurjax import theory as T
 from spurjax import train
@@ -92,8 +93,8 @@ def test_evaluate_accuracy_compiles_once_across_radii_and_a_padded_last_batch():
   y = np.arange(7) % 3
   train.evaluate_accuracy(model, x, y, norm="l2", eps=0.1, steps=2, key=jax.random.key(1),
                           batch_size=3)
-  before = train._correct._cache_size()
+  before = evaluation._correct._cache_size()
   for eps in (0.0, 0.3, 1.0):
     train.evaluate_accuracy(model, x, y, norm="l2", eps=eps, steps=2, key=jax.random.key(1),
                             batch_size=3)
-  assert train._correct._cache_size() == before
+  assert evaluation._correct._cache_size() == before
