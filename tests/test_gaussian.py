@@ -192,7 +192,10 @@ def test_optimality_by_perturbation(rng):
 
 
 def test_risk_monte_carlo(rng):
-  """E (|w^T x - y| + eps ||w||_q)^2 over samples of (x, y), within 5 standard errors."""
+  """E (|w^T x - y| + eps ||w||_q)^2 over samples of (x, y), within 6 standard errors.
+
+  Three two-sided checks at 6 sigma fail a correct risk with probability 3 * 2e-9 (at 5
+  sigma it was 3 * 5.7e-7 = 1.7e-6)."""
   d, n = D, 400_000
   model = random_model(rng, d, 0.3)
   b, _ = joint_factor(model)
@@ -204,7 +207,7 @@ def test_risk_monte_carlo(rng):
     loss = (np.abs(x @ w - y) + eps * np.linalg.norm(w, q)) ** 2
     exact = float(G.adversarial_risk(model, jnp.asarray(w), eps, norm))
     se = loss.std() / np.sqrt(n)
-    assert abs(loss.mean() - exact) < 5 * se, (rng.seed, norm, loss.mean(), exact, se)
+    assert abs(loss.mean() - exact) < 6 * se, (rng.seed, norm, loss.mean(), exact, se)
 
 
 def test_risk_quadratic_form_and_worst_case(rng):
