@@ -84,9 +84,10 @@ def _time(fn, repeats):
 
 
 def _interleaved(fns, repeats):
-  """Seconds of each `fns[name]()` (which blocks) over `repeats` rounds after one warm-up
-  round (two calls each, so that no compilation is timed); in every round each function runs once, in turn, so that a change of load on a
-  shared machine hits all of them alike. Returns `{name: [seconds per round]}`."""
+  """Seconds of each `fns[name]()` (which blocks) over `repeats` rounds after a warm-up of
+  two calls each (so that no compilation is timed); in every round each function runs once,
+  in turn, so that a change of load on a shared machine hits all of them alike.
+  Returns `{name: [seconds per round]}`."""
   for fn in fns.values():
     fn()
     fn()
