@@ -16,7 +16,8 @@ matmul peak (2048^2 x 2048) measured in the same run. All figures are medians of
 `--repeats` timed calls; ratios within one run are meaningful on a loaded machine, absolute
 figures are not. Then the l1 PGD step's extra work (knapsack direction, l1-ball-and-box
 projection) against the l2 step's (`--l1_only`), and the l1 against the l2 adversarial
-training step (`--train`).
+training step (`--train`). `--conv_variants` times other formulations of the convolutions
+(custom VJPs, XLA's convolution) in and out of a `fori_loop`.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def train_steps(size, batch, repeats, adv_steps=7):
   """Median time of one l1 and one l2 adversarial training step (small CNN), alternated in
   the same run so that load affects both alike; prints l1 / l2."""
   # pylint: disable=protected-access
+  from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
   from spurjax import train  # noqa: E402
   shape = (size, size, 3)
   x = jax.random.uniform(jax.random.key(1), (batch, *shape))
@@ -86,7 +88,10 @@ def train_steps(size, batch, repeats, adv_steps=7):
     cfg = train.TrainConfig(num_classes=10, width=32, image_shape=shape, batch_size=batch,
                             adv_norm=norm, adv_eps=eps, adv_steps=adv_steps, steps=10 ** 6)
     gd, state = train._init(cfg)
-    runs[norm] = (train._step_fn(gd, cfg, train.data_mesh()), [jax.device_put(state)])
+    mesh = train.data_mesh()
+    # Placed as `train.train` places it; otherwise the second call compiles again.
+    runs[norm] = (train._step_fn(gd, cfg, mesh),
+                  [jax.device_put(state, NamedSharding(mesh, P()))])
   ts = {n: [] for n in runs}
   for i in range(repeats + 1):
     for norm, (step, holder) in runs.items():
@@ -102,6 +107,104 @@ def train_steps(size, batch, repeats, adv_steps=7):
         f"{med['l1'] / med['l2']:.2f}")
 
 
+def _conv_variants():
+  """Formulations of a stride-1 SAME 3x3 convolution `(B, H, W, Cin) x (3, 3, Cin, Cout)`,
+  each a function `(x, kernel) -> y` differentiable in `x`:
+    * `im2col`: `models.Im2colConv`'s formula, input gradient by autodiff (`dy @ K^T` on
+      the `(9 Cin, Cout)` kernel, then the transpose of the patch extraction);
+    * `im2col, dx on K^T`: the same forward with a custom VJP whose input-gradient GEMM is
+      a `dot_general` on the kernel stored as `(Cout, 9 Cin)` (no transposed operand);
+    * `im2col, dx by XLA conv`: the same forward, input gradient as XLA's convolution of
+      `dy` with the flipped, transposed kernel;
+    * `XLA conv`: `lax.conv_general_dilated` forward and (autodiff) backward."""
+  from jax import lax  # pylint: disable=import-outside-toplevel
+
+  def patches(x):
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)],
+                           -1).reshape(b * h * w, 9 * c)
+
+  def im2col(x, k):
+    b, h, w, _ = x.shape
+    return (patches(x) @ k.reshape(-1, k.shape[-1])).reshape(b, h, w, k.shape[-1])
+
+  def xla_conv(x, k):
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def col2im(dp, shape):  # transpose of `patches`
+    b, h, w, c = shape
+    dp = dp.reshape(b, h, w, 9, c)
+    out = sum(jnp.pad(dp[..., 3 * i + j, :], ((0, 0), (i, 2 - i), (j, 2 - j), (0, 0)))
+              for i in range(3) for j in range(3))
+    return out[:, 1:h + 1, 1:w + 1, :]
+
+  def custom(dx_of):
+    @jax.custom_vjp
+    def f(x, k):
+      return im2col(x, k)
+
+    def bwd(res, dy):
+      x, k = res
+      return dx_of(x, k, dy), jnp.zeros_like(k)  # only the input gradient is timed
+    f.defvjp(lambda x, k: (im2col(x, k), (x, k)), bwd)
+    return f
+
+  def dx_kt(x, k, dy):
+    kt = k.reshape(-1, k.shape[-1]).T  # (Cout, 9 Cin)
+    dp = lax.dot_general(dy.reshape(-1, k.shape[-1]), kt, (((1,), (0,)), ((), ())))
+    return col2im(dp, x.shape)
+
+  def dx_conv(x, k, dy):
+    del x
+    return xla_conv(dy, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2))
+
+  return {"im2col": im2col, "im2col, dx on K^T": custom(dx_kt),
+          "im2col, dx by XLA conv": custom(dx_conv), "XLA conv": xla_conv}
+
+
+def conv_variants(size, batch, width, repeats, loop_steps=5):
+  """Forward + input gradient of each conv of the small CNN in each formulation of
+  `_conv_variants`, once as a single jitted call and once per iteration of a
+  `lax.fori_loop` of `loop_steps` steps (as PGD runs it); all interleaved, medians, ms."""
+  variants = _conv_variants()
+  print(f"\nconv formulations, fwd + input gradient, batch {batch}, ms per step "
+        f"(single call / inside a {loop_steps}-step fori_loop), median of {repeats}, "
+        f"load average {os.getloadavg()[0]:.1f}:")
+  w = width
+  for s, cin, cout in ((size, 3, w), (size // 2, w, 2 * w), (size // 4, 2 * w, 4 * w)):
+    x = jax.random.normal(jax.random.key(0), (batch, s, s, cin))
+    k = 0.1 * jax.random.normal(jax.random.key(1), (3, 3, cin, cout))
+    fns, ref = {}, None
+    for name, f in variants.items():
+      def once(x, k, f=f):
+        y, vjp = jax.vjp(lambda z: f(z, k), x)
+        return vjp(jnp.tanh(y))[0]
+
+      def loop(x, k, once=once):
+        return jax.lax.fori_loop(0, loop_steps, lambda i, z: z + 1e-3 * once(z, k), x)
+      once_j, loop_j = jax.jit(once), jax.jit(loop)
+      g = np.asarray(once_j(x, k))
+      ref = g if ref is None else ref
+      assert np.allclose(g, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max()), name
+      fns[(name, "once")] = lambda once_j=once_j: once_j(x, k).block_until_ready()
+      fns[(name, "loop")] = lambda loop_j=loop_j: loop_j(x, k).block_until_ready()
+    for fn in fns.values():
+      fn()
+    ts = {key: [] for key in fns}
+    for _ in range(repeats):
+      for key, fn in fns.items():
+        t = time.perf_counter()
+        fn()
+        ts[key].append(time.perf_counter() - t)
+    line = f"  {s}x{s}, {cin} -> {cout}:"
+    for name in variants:
+      line += (f"  {name} {1e3 * np.median(ts[(name, 'once')]):.1f} / "
+               f"{1e3 * np.median(ts[(name, 'loop')]) / loop_steps:.1f};")
+    print(line, flush=True)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--sizes", default="32,64")
@@ -111,7 +214,14 @@ def main():
   p.add_argument("--l1_only", action="store_true", help="only the l1-vs-l2 extras")
   p.add_argument("--train", action="store_true",
                  help="only the l1 vs l2 adversarial training step")
+  p.add_argument("--conv_variants", action="store_true",
+                 help="only the conv formulations (im2col, custom VJPs, XLA conv), in and "
+                 "out of a fori_loop")
   args = p.parse_args()
+  if args.conv_variants:
+    for size in (int(s) for s in args.sizes.split(",")):
+      conv_variants(size, args.batch, args.width, args.repeats)
+    return
   if args.l1_only or args.train:
     for size in (int(s) for s in args.sizes.split(",")):
       if args.l1_only:

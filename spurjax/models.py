@@ -42,10 +42,11 @@ class Im2colConv(nnx.Module):
   y[b, i, j, :] = sum_{di, dj, c} x_pad[b, i + di, j + dj, c] K[di, dj, c, :]: the kh*kw
   shifted views of the padded input are concatenated on the channel axis, `(B, H, W,
   kh kw Cin)`, and multiplied by the kernel reshaped to `(kh kw Cin, Cout)`. Same parameters
-  (`kernel` `(kh, kw, Cin, Cout)`, lecun-normal) and same values as `nnx.Conv`; on XLA:CPU the
-  forward + input-gradient of the small CNN runs about 1.3x faster this way than through
-  `conv_general_dilated` (benchmarks/attack_bench.py), because the matmul path is better
-  tuned than the convolution path.
+  (`kernel` `(kh, kw, Cin, Cout)`, lecun-normal) and same values as `nnx.Conv`. On XLA:CPU
+  (jax 0.10) the small CNN's forward + input gradient inside a `fori_loop`, as PGD runs it,
+  is about 2x faster this way than through `conv_general_dilated`; as a single call outside
+  a loop XLA's convolution is the faster one (benchmarks/step_breakdown.py
+  --conv_variants, benchmarks/README.md).
   """
 
   def __init__(self, cin: int, cout: int, kernel_size: tuple[int, int], *,
