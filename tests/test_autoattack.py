@@ -234,6 +234,23 @@ def test_autoattack_invariants(norm, seed, eps_frac):
   assert aa._compiled.cache_info().currsize == before
 
 
+@hypothesis.settings(max_examples=2, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**31 - 1), u=st.floats(0.03, 0.1))
+def test_linf_ball_exact_when_float32_rounds_the_radius_up(seed, u):
+  """A radius just below a float32 (as 24/255 is): rounded to nearest it would grow by up
+  to half an ulp, and points on the l_inf sphere would lie outside the ball of radius eps.
+  Every point must be inside exactly (same compilation as the invariants test)."""
+  f = np.float32(u)
+  eps = float(f) - 0.25 * float(np.spacing(f))
+  assert float(np.float32(eps)) > eps
+  x = _images(jax.random.key(seed), SHAPE)
+  params = _net_params(seed % 7)
+  y = jnp.argmax(_net(params, x), -1)
+  x_adv = aa.autoattack(jax.random.key(seed), _net, x, y, norm="linf", eps=eps,
+                        params=params, version="fast")
+  assert _in_ball(x_adv, x, "linf", eps).all(), _norm64(x_adv - np.asarray(x), "linf") - eps
+
+
 @hypothesis.settings(max_examples=50, deadline=None)
 @hypothesis.given(eps=st.floats(0.0, 1e3, allow_subnormal=False))
 def test_radius_below_is_the_largest_float32_not_above(eps):
