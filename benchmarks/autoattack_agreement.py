@@ -220,6 +220,7 @@ def main():
                spurjax_fooled_torch_valid=int(sj_wins.sum()),
                jax_torch_pred_disagree=int((rob_sj == chk["wrong_torch"]).sum()))
     print(row, flush=True)
+    print(f"spurjax: {t_sj:.0f}s", flush=True)
     for label, make in (
         ("ta_shipped", lambda: torchattacks.AutoAttack(net, norm=TA_NORM[norm], eps=eps,
                                                        version="standard", n_classes=10,
@@ -229,7 +230,8 @@ def main():
       t = time.perf_counter()
       xta = atk(xt, yt)
       dt = time.perf_counter() - t
-      xta_np = xta.numpy().transpose(0, 2, 3, 1)
+      xta_np = xta.detach().numpy().transpose(0, 2, 3, 1)
+      print(f"{label}: {dt:.0f}s", flush=True)
       cta = check_points(x, xta_np, y, eps, norm, net)
       ta_rob = ~cta["wrong_torch"]
       row[label] = float(ta_rob.mean())
@@ -255,7 +257,7 @@ def main():
           t = time.perf_counter()
           xtc = ta_component(net, name, norm, eps, steps)(xt, yt)
           dt = time.perf_counter() - t
-          cta = check_points(x, xtc.numpy().transpose(0, 2, 3, 1), y, eps, norm, net)
+          cta = check_points(x, xtc.detach().numpy().transpose(0, 2, 3, 1), y, eps, norm, net)
           comps.append(dict(norm=norm, attack=name, steps=steps, spurjax=acc_c,
                             torchattacks=float(np.mean(~cta["wrong_torch"])),
                             torchattacks_s=dt))

@@ -259,26 +259,6 @@ def test_radius_below_is_the_largest_float32_not_above(eps):
   assert float(np.nextafter(e, np.float32(np.inf))) > eps
 
 
-def test_attack_config_runs_one_attack_alone():
-  """An `AttackConfig` with only Square on: the others report 0 successes, the counts add
-  up, points stay in the ball and the box, and misclassified points are untouched."""
-  x = _images(jax.random.key(5), SHAPE)
-  params = _net_params(3)
-  y = jax.random.randint(jax.random.key(6), (SHAPE[0],), 0, K)
-  eps = 16 / 255
-  cfg = aa.AttackConfig(apgd_steps=0, apgd_t_steps=0, n_targets=0, fab_steps=0,
-                        fab_targets=0, square_queries=300)
-  x_adv, counts = aa.autoattack(jax.random.key(7), _net, x, y, norm="linf", eps=eps,
-                                params=params, version=cfg, return_counts=True)
-  assert counts["apgd-ce"] == counts["apgd-t"] == counts["fab-t"] == 0
-  wrong = np.asarray(jnp.argmax(_net(params, x), -1) != y)
-  rob = np.asarray(jnp.argmax(_net(params, x_adv), -1) == y)
-  assert counts["robust"] == rob.sum() and counts["clean_errors"] == wrong.sum()
-  assert counts["square"] + rob.sum() + wrong.sum() == SHAPE[0]
-  assert _in_ball(x_adv, x, "linf", eps).all() and 0 <= x_adv.min() <= x_adv.max() <= 1
-  np.testing.assert_array_equal(x_adv[wrong], np.asarray(x)[wrong])
-
-
 @pytest.mark.parametrize("field", ["apgd_steps", "n_targets", "square_queries"])
 def test_attack_config_bad_field_raises_naming_it(field):
   kw = dict(apgd_steps=1, apgd_t_steps=1, n_targets=1, fab_steps=1, fab_targets=1,
