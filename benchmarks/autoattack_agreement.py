@@ -69,6 +69,9 @@ def _parse():
   p.add_argument("--eps_l2", type=float, default=2.0, help="l2 radius")
   p.add_argument("--components", action="store_true",
                  help="also run each attack alone, spurjax and torchattacks")
+  p.add_argument("--torch_threads", type=int, default=1,
+                 help="torch intra-op threads (2 threads on a loaded 2-core machine thrashed: "
+                 "torchattacks' standard AutoAttack ran > 30 min instead of minutes)")
   p.add_argument("--workdir", default="/tmp/spurjax_aa_bench", help="training workdir")
   p.add_argument("--json", default=None)
   return p.parse_args()
@@ -167,6 +170,7 @@ def main():
   import torch
   import torchattacks
   torch.manual_seed(0)
+  torch.set_num_threads(args.torch_threads)
   dcfg = data.DataConfig(image_size=args.size, num_classes=10)
   s = args.size
   config = train.TrainConfig(arch="small_cnn", num_classes=10, width=args.width,
