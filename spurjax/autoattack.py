@@ -53,6 +53,19 @@ def _bshape(x):
   return (x.shape[0],) + (1,) * (x.ndim - 1)
 
 
+def _radius_below(eps, dtype) -> np.ndarray:
+  """The largest value of `dtype` that is <= `eps` (a concrete radius).
+
+  Rounding eps to nearest may round it up (float32(24/255) exceeds 24/255 by 1.5e-8
+  relative): points on that sphere would then lie outside the ball of radius eps by an ulp,
+  as an exact check of the float32 images finds.
+  """
+  e = np.asarray(eps, dtype)
+  if float(e) > float(eps):
+    e = np.nextafter(e, np.zeros((), dtype))
+  return e
+
+
 # -------------------------------------------------------------------------------- losses
 
 
@@ -240,6 +253,8 @@ def apgd(key: jax.Array, loss_fn: _atk.LossFn, x: jax.Array, y: Any, *, norm: st
   if not 0.0 <= momentum <= 1.0:
     raise ValueError(f"momentum: must lie in [0, 1], got {momentum!r}")
   x = jax.lax.stop_gradient(jnp.asarray(x))
+  if _atk._is_concrete(eps):
+    eps = _radius_below(eps, x.dtype)
   eps = jnp.asarray(eps, x.dtype)
   shape = _bshape(x)
 
@@ -391,15 +406,17 @@ def _fab_run(logits_fn, x, y, target, eps, *, norm, steps, alpha_max=0.1, eta=1.
 # -------------------------------------------------------------------------------- Square
 
 
-def _p_selection(p_init, it, n_queries):
-  """Square's schedule of the fraction of pixels changed: p_init halved at 10, 50, 200, 500,
-  1000, 2000, 4000, 6000, 8000 (iterations rescaled to a 10000-query budget)."""
-  i = (it * 10000) // n_queries
+def _p_selection(p_init, it, n_queries, rescale):
+  """Square's schedule of the fraction of pixels changed: p_init halved at iterations 10, 50,
+  200, 500, 1000, 2000, 4000, 6000, 8000 (with `rescale`, iterations counted as if the
+  budget were 10000 queries)."""
+  i = (it * 10000) // n_queries if rescale else it
   bounds = jnp.asarray([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
   return p_init / 2.0 ** jnp.sum(i > bounds)
 
 
-def _square_run(key, logits_fn, x, y, eps, active, *, norm, n_queries, p_init=0.8):
+def _square_run(key, logits_fn, x, y, eps, active, *, norm, n_queries, p_init=0.8,
+                rescale=False):
   """Square attack (Andriushchenko et al., ECCV 2020) on the margin z_y - max_{j!=y} z_j.
 
   l_inf: vertical-stripe start at +-eps, then each query redraws one random s x s window
@@ -437,7 +454,7 @@ def _square_run(key, logits_fn, x, y, eps, active, *, norm, n_queries, p_init=0.
 
   def body(c):
     i, xb, m = c
-    p = _p_selection(p_init, i, n_queries)
+    p = _p_selection(p_init, i, n_queries, rescale)
     s = jnp.clip(jnp.round(jnp.sqrt(p * h * w)), 1, min(h, w)).astype(jnp.int32)
     # One draw per query: window corner (2) and the sign of each channel.
     u = jax.random.uniform(jax.random.fold_in(key, i), (b, 1, 1, 2 + ch), x.dtype)
@@ -473,30 +490,60 @@ def _square_run(key, logits_fn, x, y, eps, active, *, norm, n_queries, p_init=0.
 
 
 @dataclasses.dataclass(frozen=True)
-class _Config:
+class AttackConfig:
+  """Settings of one AutoAttack ensemble (hashable: one compilation per distinct config).
+
+  A 0 switches an attack off: `apgd_steps` (APGD-CE), `n_targets` or `apgd_t_steps`
+  (APGD-T), `fab_targets` or `fab_steps` (FAB-T), `square_queries` (Square). Attacks
+  switched off report 0 successes. Passing a config as `autoattack(version=...)` runs one
+  attack alone or with other budgets (e.g. to attribute a difference to one attack).
+
+  Fields:
+    apgd_steps: APGD-CE iterations (one run, no restart).
+    apgd_t_steps: APGD-T iterations per target class (one run each).
+    n_targets: APGD-T target classes: those with the highest clean logits after the top one.
+    fab_steps: FAB-T iterations per target class.
+    fab_targets: FAB-T target classes, chosen as for APGD-T.
+    square_queries: Square's query budget (margin loss, p_init = 0.8).
+    square_rescale: rescale Square's p schedule to a 10000-query budget (the reference
+      implementation's `resc_schedule`; False in its standard ensemble).
+  """
   apgd_steps: int
   apgd_t_steps: int
   n_targets: int
   fab_steps: int
   fab_targets: int
   square_queries: int
+  square_rescale: bool = False
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if f.name == "square_rescale":
+        if not isinstance(v, bool):
+          raise ValueError(f"square_rescale: must be a bool, got {v!r}")
+      elif not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{f.name}: must be a non-negative int, got {v!r}")
 
 
 _VERSIONS = {
-    # Croce & Hein's "standard" AutoAttack.
-    "standard": _Config(apgd_steps=100, apgd_t_steps=100, n_targets=9, fab_steps=100,
-                        fab_targets=9, square_queries=5000),
+    # Croce & Hein's "standard" AutoAttack for l_inf and l2, as their reference code sets it
+    # (AutoAttack.set_version("standard")): APGD-CE 100 iterations, 1 restart; APGD-T 100
+    # iterations, 9 targets, 1 restart; FAB-T 100 iterations, 9 targets, 1 restart; Square
+    # 5000 queries, p_init 0.8, no schedule rescaling.
+    "standard": AttackConfig(apgd_steps=100, apgd_t_steps=100, n_targets=9, fab_steps=100,
+                             fab_targets=9, square_queries=5000),
     # Training-time monitoring: the two gradient attacks, shorter, three targets.
-    "fast": _Config(apgd_steps=50, apgd_t_steps=50, n_targets=3, fab_steps=0, fab_targets=0,
-                    square_queries=0),
+    "fast": AttackConfig(apgd_steps=50, apgd_t_steps=50, n_targets=3, fab_steps=0,
+                         fab_targets=0, square_queries=0),
 }
 ATTACK_NAMES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def _ensemble(apply, norm, version, params, key, x, y, valid, eps):
-  """The jitted body of `autoattack` for one batch; see there. Returns `(x_adv, counts)`,
-  counts `(6,)` int: clean errors, successes of each of `ATTACK_NAMES`, robust."""
-  cfg = _VERSIONS[version]
+def _ensemble(apply, norm, cfg, params, key, x, y, valid, eps):
+  """The jitted body of `autoattack` for one batch (`cfg` an `AttackConfig`); see there.
+  Returns `(x_adv, counts)`, counts `(6,)` int: clean errors, successes of each of
+  `ATTACK_NAMES`, robust."""
   logits_fn = lambda xa: apply(params, xa)
   shape = _bshape(x)
   z0 = logits_fn(x)
@@ -524,10 +571,14 @@ def _ensemble(apply, norm, version, params, key, x, y, valid, eps):
     _, _, found, found_x = _apgd_run(ks[0], ce_obj, x, eps, steps=cfg.apgd_steps, **apgd_kw)
     return found_x, found
 
-  robust, x_adv, n_ce = stage(robust0, x, run_ce)
+  zero = jnp.zeros((), jnp.int32)
+  if cfg.apgd_steps:
+    robust, x_adv, n_ce = stage(robust0, x, run_ce)
+  else:
+    robust, x_adv, n_ce = robust0, x, zero
   counts = [jnp.sum(valid & ~robust0), n_ce]
 
-  n_t = min(cfg.n_targets, k - 1)
+  n_t = min(cfg.n_targets, k - 1) if cfg.apgd_t_steps else 0
 
   def apgd_t(j, c):
     robust, x_adv, n = c
@@ -550,7 +601,6 @@ def _ensemble(apply, norm, version, params, key, x, y, valid, eps):
     robust, x_adv, m = stage(robust, x_adv, run)
     return robust, x_adv, n + m
 
-  zero = jnp.zeros((), jnp.int32)
   robust, x_adv, n_t_found = jax.lax.fori_loop(0, n_t, apgd_t, (robust, x_adv, zero))
   counts.append(n_t_found)
 
@@ -576,7 +626,7 @@ def _ensemble(apply, norm, version, params, key, x, y, valid, eps):
   if cfg.square_queries:
     def run_sq():
       xb, m = _square_run(ks[3], logits_fn, x, y, eps, robust, norm=norm,
-                          n_queries=cfg.square_queries)
+                          n_queries=cfg.square_queries, rescale=cfg.square_rescale)
       return xb, m < 0
     robust, x_adv, n_sq = stage(robust, x_adv, run_sq)
   else:
@@ -606,25 +656,31 @@ class _NoParams:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(apply, norm, version):
-  return jax.jit(functools.partial(_ensemble, apply, norm, version))
+def _compiled(apply, norm, cfg):
+  return jax.jit(functools.partial(_ensemble, apply, norm, cfg))
 
 
 def _mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
-def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps, version: str = "standard",
+def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps,
+               version: str | AttackConfig = "standard",
                params: Any = None, batch_size: int | None = None,
                return_counts: bool = False):
   """AutoAttack (Croce & Hein, ICML 2020): APGD-CE, APGD-T, FAB-T, Square in sequence.
 
   Each attack runs on the points that every previous one left correctly classified; a point
   is adversarial once `argmax logits(x_adv) != y` with `x_adv` in the ball and the box.
-  Points misclassified already come back unchanged. "standard": APGD-CE (100 steps),
-  APGD-T (targeted DLR, 100 steps, each of the 9 classes with the highest clean logits after
-  the top one), FAB-T (100 steps, same targets) and Square (5000 queries); "fast" (for
-  monitoring during training): APGD-CE and APGD-T against 3 targets, 50 steps each.
+  Points misclassified already come back unchanged. "standard" uses the settings of the
+  reference implementation's standard ensemble for l_inf and l2: APGD-CE (100 steps, one run:
+  not `apgd`'s default of 2 restarts), APGD-T (targeted DLR, 100 steps, one run against each
+  of the 9 classes with the highest clean logits after the top one), FAB-T (100 steps, same
+  targets, one run) and Square (5000 queries, p_init 0.8, schedule not rescaled). l1 uses
+  the same ensemble (the reference one runs APGD with 5 restarts and 5 targets there).
+  torchattacks' `AutoAttack(version="standard")` is weaker than this: it leaves its APGD,
+  APGD-T and FAB-T at their default 10 steps. "fast" (for monitoring during training):
+  APGD-CE and APGD-T against 3 targets, 50 steps each. An `AttackConfig` sets other budgets.
   With fewer than 4 classes APGD-T maximises z_t - z_y instead of the targeted DLR.
 
   One jitted program per (architecture, norm, version, batch shape): model parameters are
@@ -639,7 +695,7 @@ def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps, version: str 
     y: `(N,)` int labels in [0, K).
     norm: "l1", "l2" or "linf".
     eps: radius >= 0.
-    version: "standard" or "fast".
+    version: "standard", "fast" or an `AttackConfig`.
     params: the parameters passed to `logits_fn(params, x)`; None for the other forms.
     batch_size: examples per jitted call (default: all N); the last batch is padded.
     return_counts: also return the dict of counts {"clean_errors", "apgd-ce", "apgd-t",
@@ -649,8 +705,13 @@ def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps, version: str 
     `(N, H, W, C)` adversarial images (and the counts dict if `return_counts`).
   """
   norms.check_norm(norm)
-  if version not in _VERSIONS:
-    raise ValueError(f"version: unknown version {version!r}; expected one of {VERSIONS}")
+  if isinstance(version, AttackConfig):
+    cfg = version
+  elif isinstance(version, str) and version in _VERSIONS:
+    cfg = _VERSIONS[version]
+  else:
+    raise ValueError(f"version: unknown version {version!r}; expected one of {VERSIONS} "
+                     "or an AttackConfig")
   from flax import nnx
   if isinstance(logits_fn, nnx.Module):
     from spurjax import models
@@ -676,7 +737,7 @@ def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps, version: str 
   n_dev = mesh.devices.size
   bs = n if batch_size is None else min(batch_size, n)
   bs = max(-(-bs // n_dev) * n_dev, n_dev)
-  fn = _compiled(apply, norm, version)
+  fn = _compiled(apply, norm, cfg)
   data = NamedSharding(mesh, PartitionSpec("data"))
   repl = NamedSharding(mesh, PartitionSpec())
   params = jax.device_put(params, repl)
@@ -684,7 +745,7 @@ def autoattack(key: jax.Array, logits_fn, x, y, *, norm: str, eps, version: str 
   for j, m, valid, xb, yb in parallel.padded_batches(bs, x, y):
     xa, c = fn(params, jax.random.fold_in(key, j), jax.device_put(xb, data),
                jax.device_put(yb, data), jax.device_put(valid, data),
-               jnp.float32(eps))
+               jnp.asarray(_radius_below(eps, np.float32)))
     outs.append(np.asarray(xa)[:m])
     counts += np.asarray(c)
   x_adv = np.concatenate(outs) if outs else x
