@@ -80,6 +80,8 @@ class DataConfig:
     fg_scale: linear size multiplier of the object (the foreground area scales as
       fg_scale**2; core-feature scale). At 1.0 the object covers about 9% of the image.
     marker_p: P(marker colour = class) in the correlated domains.
+    marker_side: marker side in pixels; 0 = max(2, S // 8) (static).
+    marker_corner: -1 = a random corner per image, 0..3 = always that corner (static).
     wb_p_train: P(place = y) in "waterbirds_train".
     wb_p_test: P(place = y) in "waterbirds_test".
     tint_amp: amplitude of the per-style background tint around 0.5 (0.15; in [0, 0.5]).
@@ -91,6 +93,8 @@ class DataConfig:
   image_size: int = flax.struct.field(pytree_node=False, default=32)
   num_classes: int = flax.struct.field(pytree_node=False, default=10)
   marker: bool = flax.struct.field(pytree_node=False, default=False)
+  marker_side: int = flax.struct.field(pytree_node=False, default=0)
+  marker_corner: int = flax.struct.field(pytree_node=False, default=-1)
   p: float = 0.9
   bg_contrast: float = 0.5
   fg_scale: float = 1.0
@@ -151,6 +155,12 @@ def validate_config(config: DataConfig) -> None:
       continue
     if not 0.0 <= float(v) <= 1.0:
       raise ValueError(f"DataConfig.{name}: must be a probability in [0, 1], got {v}")
+  side = config.marker_side
+  if not isinstance(side, int) or not 0 <= side <= s // 2:
+    raise ValueError(f"DataConfig.marker_side: must be an int in [0, {s // 2}], got {side!r}")
+  if config.marker_corner not in (-1, 0, 1, 2, 3):
+    raise ValueError(f"DataConfig.marker_corner: must be -1 (random) or 0..3, got "
+                     f"{config.marker_corner!r}")
   factors = config.shift_factors
   if (not isinstance(factors, tuple) or not factors
       or any(f not in SHIFT_FACTORS for f in factors) or len(set(factors)) != len(factors)):
@@ -246,9 +256,10 @@ def _object_mask(config: DataConfig, shape_id, cy, cx, radius, angle) -> jax.Arr
 
 
 def _marker_mask(config: DataConfig, corner: jax.Array) -> jax.Array:
-  """Square marker `(S, S)` of side max(2, S // 8) inset 1 px in corner 0..3."""
+  """Square marker `(S, S)` of side `marker_side` (0: max(2, S // 8)) inset 1 px in corner
+  0..3."""
   s = config.image_size
-  side = max(2, s // 8)
+  side = config.marker_side or max(2, s // 8)
   idx = jnp.arange(s)
   lo_y = jnp.where(corner // 2 == 0, 1, s - 1 - side)
   lo_x = jnp.where(corner % 2 == 0, 1, s - 1 - side)
@@ -422,7 +433,8 @@ def _render(key: jax.Array, config: DataConfig, batch_size: int,
 
   if config.marker:
     marker_ids = _correlated(km, shape_id, flags["p_marker"], k)
-    corner = jax.random.randint(kcorner, b, 0, 4)
+    corner = (jax.random.randint(kcorner, b, 0, 4) if config.marker_corner < 0
+              else jnp.full(b, config.marker_corner, jnp.int32))
     marker_masks = jax.vmap(functools.partial(_marker_mask, config))(corner) * (1 - masks)
     mcol = jnp.asarray(_marker_colors(k))[marker_ids]
     images = (marker_masks[..., None] * mcol[:, None, None, :]
