@@ -312,3 +312,19 @@ def test_tint_amp_scales_the_tint_exactly():
 def test_shift_and_tint_knobs_are_validated(field, value):
   with pytest.raises(ValueError, match=f"DataConfig.{field}"):
     data.sample_batch(jax.random.key(0), SMALL.replace(**{field: value}), 4)
+
+
+def test_marker_side_and_fixed_corner():
+  # One static config (one compilation): a 4-pixel marker always in corner 0 (top left,
+  # inset 1 pixel), drawn under the object only where the object is absent.
+  cfg = SMALL.replace(marker_side=4, marker_corner=0)
+  b = data.sample_batch(jax.random.key(int(np.random.default_rng().integers(1 << 30))), cfg,
+                        256)
+  square = np.zeros((16, 16))
+  square[1:5, 1:5] = 1
+  mm, masks = np.asarray(b.marker_masks), np.asarray(b.masks)
+  np.testing.assert_array_equal(mm, square[None] * (1 - masks))
+  with pytest.raises(ValueError, match="DataConfig.marker_corner"):
+    data.sample_batch(jax.random.key(0), SMALL.replace(marker_corner=4), 4)
+  with pytest.raises(ValueError, match="DataConfig.marker_side"):
+    data.sample_batch(jax.random.key(0), SMALL.replace(marker_side=9), 4)
