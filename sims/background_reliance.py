@@ -37,6 +37,7 @@ evaluation settings, so a rerun only evaluates new models.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import time
@@ -86,6 +87,9 @@ flags.DEFINE_float("shift_severity", None, "Severity of the shifted domain.", lo
                    upper_bound=1)
 flags.DEFINE_integer("n_groups", None, "Waterbirds-style test images.", lower_bound=8)
 flags.DEFINE_integer("n_boot", None, "Bootstrap draws over test images.", lower_bound=2)
+flags.DEFINE_list("evaluate_only", [], "Glob patterns of model names: evaluate (and cache) "
+                  "only these; other models are reported from their cache or skipped. Lets "
+                  "several processes share the evaluation of one suite.")
 
 METRICS = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "aa_acc_l1", "aa_acc_l2",
            "aa_acc_linf", "rfs", "core_acc",
@@ -223,8 +227,10 @@ def compute(config: dict[str, Any], workdir: str) -> list[dict[str, Any]]:
   es = uncorrelated = None
   rows = []
   t_all = time.perf_counter()
+  only = list(config.get("evaluate_only") or [])
   for i, (name, cfg) in enumerate(listed):
     path = os.path.join(workdir, "models", name)
+    may_evaluate = not only or any(fnmatch.fnmatch(name, pat) for pat in only)
     key = _cache_key(suite, config, cfg.steps)
     cache = os.path.join(path, "reliance.json")
     rec_path = os.path.join(path, "reliance_records.npz")
@@ -235,6 +241,10 @@ def compute(config: dict[str, Any], workdir: str) -> list[dict[str, Any]]:
       records = _load_records(rec_path)
       if stored.get("key") == key and records is not None:
         metrics = stored["metrics"]
+    if metrics is None and not may_evaluate:
+      logging.info("model %d/%d %s: not cached and not in --evaluate_only; skipped", i + 1,
+                   len(listed), name)
+      continue
     if metrics is None:
       if es is None:
         es, uncorrelated = eval_sets(suite, config)
@@ -399,6 +409,10 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   from spurjax import io
   start = time.perf_counter()
   rows = compute(config, workdir)
+  if config.get("evaluate_only"):
+    logging.info("--evaluate_only: %d models cached; rerun without it for the report",
+                 len(rows))
+    return {}
   paths = _common.write_outputs(workdir, "reliance", rows=rows, fieldnames=FIELDS,
                                 figure=figure(config, rows), config=config, seed=None,
                                 start=start, extra={"models": len(rows)})
@@ -422,6 +436,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _common.resolve_config(PRESETS, CONFIG_FLAGS)
+  config["evaluate_only"] = list(FLAGS.evaluate_only)
   if not os.path.exists(os.path.join(FLAGS.workdir, "suite.json")):
     raise app.UsageError(f"--workdir: no suite.json in {FLAGS.workdir}; run "
                          "`python -m sims.model_suite --workdir=...` first")
