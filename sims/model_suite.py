@@ -10,10 +10,11 @@ and resumes an unfinished one from its latest checkpoint.
   python -m sims.model_suite [--preset=small|default|paper] [--workdir=results/suite]
   python -m sims.background_reliance --workdir=<same>      # the evaluation and report
 
-Radii are in [0, 1] pixel space of 32x32x3 images (d = 3072): l_inf {2, 4, 8}/255 (the
-CIFAR-10 convention; 8/255 is the usual strong radius), l2 {0.25, 0.5, 1.0} (0.5 is the
-CIFAR-10 convention; an l_inf ball of 4/255 contains l2 perturbations up to
-4/255 * sqrt(3072) = 0.87), l1 {5, 10, 20} (Croce & Hein's CIFAR-10 l1 radius is 12; the
+Radii are in [0, 1] pixel space of 32x32x3 images (d = 3072); the default trains at each
+norm's evaluation radius: l_inf 4/255 (half the usual strong CIFAR-10 radius 8/255), l2 0.5
+(the CIFAR-10 convention; an l_inf ball of 4/255 contains l2 perturbations up to
+4/255 * sqrt(3072) = 0.87), l1 10 (with --norms=l1,...; Croce & Hein's CIFAR-10 l1 radius
+is 12; the
 l1 ball of radius 10 reaches a single pixel channel fully but l_inf-type perturbations only
 at 10/3072 = 0.8/255 per entry). Flags --eps_l1/--eps_l2 give radii directly, --eps_linf in
 units of 1/255.
@@ -36,8 +37,13 @@ from spurjax import norms
 from spurjax import suite
 
 _DEFAULT = dict(
-    archs=["small_cnn"], norms=["l1", "l2", "linf"], eps_l1=[5.0, 10.0, 20.0],
-    eps_l2=[0.25, 0.5, 1.0], eps_linf=[2.0, 4.0, 8.0], seeds=[0, 1], standard=True,
+    # l2 and l_inf (the norms of the paper's scale claim; l1 PGD training is the slowest,
+    # --norms=l1,l2,linf adds it) at the evaluation radius (l2 0.5, l_inf 4/255; more radii
+    # with --eps_l2/--eps_linf), five seeds: 15 models. Five seeds keep the 95% t-intervals
+    # of the protocol metrics within 0.1 (with three the standard model's were up to 0.18);
+    # one radius per norm is what fitted the time on a shared 2-core machine.
+    archs=["small_cnn"], norms=["l2", "linf"], eps_l1=[10.0],
+    eps_l2=[0.5], eps_linf=[4.0], seeds=[0, 1, 2, 3, 4], standard=True,
     image_size=32, num_classes=10, p=0.7, bg_contrast=0.3, fg_scale=1.5, marker=False,
     marker_p=0.9, width=16, steps=300, batch_size=64, optimizer="sgd", lr=0.05, adv_steps=4,
     checkpoint_every=100)

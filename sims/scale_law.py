@@ -14,6 +14,16 @@ marker colour both differ from the class and from each other) how often the pred
 follows the shape, the background, or the marker.
 
   python -m sims.scale_law [--preset=small] [--workdir=results/scale_law]
+  python -m sims.scale_law --preset=marker --workdir=results/marker   # the marker experiment
+
+The background's per-style tint scales with the contrast (`tint_amp = tint_per_contrast * c`,
+0.3 c by default, so c = 0.5 has the data default 0.15; `--tint_per_contrast=0` keeps the
+fixed 0.15 tint of earlier runs), so one number sets the scale of the whole background cue.
+
+Marker variants (`--variants`, each a separate set of models): "base" (side max(2, S // 8),
+random corner), "fixed_corner" (always corner 0: 4x the per-coordinate label signal of the
+marker, same amplitude and area), "big" (side 2 max(2, S // 8): 4x the area, same amplitude,
+same random corner). The "marker" preset trains them at one contrast.
 
 The cue scales are measured on the images themselves: the texture's perturbation is
 x(contrast c) - x(contrast 0) and the marker's is x(marker) - x(no marker) for the same key;
@@ -36,20 +46,28 @@ import numpy as np
 from sims import _common
 from spurjax import suite
 
+VARIANTS = ("base", "fixed_corner", "big")
 _DEFAULT = dict(contrasts=[0.05, 0.2, 0.6, 1.0], norms=["none", "l2", "linf"], eps_l2=1.0,
                 eps_linf=8.0, eps_l1=10.0, seeds=[0], p=0.6, marker_p=0.9, image_size=16,
                 num_classes=10, fg_scale=1.5, width=16, steps=300, batch_size=64, lr=0.05,
-                adv_steps=4, n_eval=500, eval_seed=1234)
+                adv_steps=4, n_eval=500, eval_seed=1234, tint_per_contrast=0.3,
+                variants=["base"])
 PRESETS = {"default": _DEFAULT,
+           # The marker experiment: the two changed markers at c = 0.6 (where l_inf
+           # training dropped the marker in the first sweep); the "base" models of that
+           # contrast are the default sweep's (same settings and seed).
+           "marker": dict(_DEFAULT, contrasts=[0.6], norms=["none", "linf"],
+                          variants=["fixed_corner", "big"]),
            "small": dict(_DEFAULT, contrasts=[0.1, 0.6], norms=["none", "linf"],
                          num_classes=4, width=8, steps=30, batch_size=32, adv_steps=2,
                          n_eval=64)}
 # Note: a background style also carries a per-class tint (a spread, low-amplitude colour
 # offset that does not scale with the contrast); only the texture's amplitude is swept.
 CONFIG_FLAGS = tuple(_DEFAULT)
-FIELDS = ("model", "bg_contrast", "norm", "eps", "seed", "clean_acc", "shape_rate", "bg_rate",
-          "marker_rate", "bg_amp", "bg_energy", "marker_amp", "marker_energy",
-          "eps_erases_bg", "eps_erases_marker")
+FIELDS = ("model", "variant", "bg_contrast", "tint_amp", "norm", "eps", "seed", "clean_acc",
+          "shape_rate", "bg_rate", "marker_rate", "bg_amp", "bg_energy", "marker_amp",
+          "marker_energy", "tint_lin", "marker_lin", "texture_lin", "eps_erases_bg",
+          "eps_erases_marker")
 
 FLAGS = flags.FLAGS
 _common.define_common_flags("results/scale_law", PRESETS, x64_default=False)
@@ -60,6 +78,9 @@ flags.DEFINE_float("p", None, "P(background = class) in training.", lower_bound=
 flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
                    upper_bound=1)
 flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=3, upper_bound=12)
+flags.DEFINE_float("tint_per_contrast", None, "Tint amplitude per unit contrast (0: fixed "
+                   "0.15).", lower_bound=0, upper_bound=0.5)
+flags.DEFINE_list("variants", None, f"Marker variants, from {VARIANTS}.")
 _common.define_experiment_flags()
 
 radius = _common.radius
@@ -71,11 +92,35 @@ def suite_config(config: dict[str, Any]) -> dict[str, Any]:
                                     marker=True, marker_p=config["marker_p"])
 
 
+def variant_data(config: dict[str, Any], c: float, variant: str) -> tuple:
+  """The data overrides of one (contrast, marker variant): contrast, tint, marker."""
+  out = [("bg_contrast", c)]
+  if config.get("tint_per_contrast", 0.0):
+    out.append(("tint_amp", float(config["tint_per_contrast"]) * c))
+  if variant == "fixed_corner":
+    out.append(("marker_corner", 0))
+  elif variant == "big":
+    out.append(("marker_side", 2 * max(2, int(config["image_size"]) // 8)))
+  elif variant != "base":
+    raise ValueError(f"--variants: unknown variant {variant!r}; known: {VARIANTS}")
+  return tuple(out)
+
+
 def specs_of(config: dict[str, Any]) -> list[suite.ModelSpec]:
-  """One model per (contrast, norm, seed), tagged `c<contrast>`."""
-  return [suite.ModelSpec("small_cnn", norm, radius(config, norm), seed, tag=f"c{c:g}",
-                           data=(("bg_contrast", c),))
-          for c in config["contrasts"] for norm in config["norms"] for seed in config["seeds"]]
+  """One model per (variant, contrast, norm, seed), tagged `c<contrast>` (+ `_<variant>`)."""
+  return [suite.ModelSpec("small_cnn", norm, radius(config, norm), seed,
+                           tag=f"c{c:g}" + ("" if v == "base" else f"_{v}"),
+                           data=variant_data(config, c, v))
+          for v in config.get("variants", ["base"]) for c in config["contrasts"]
+          for norm in config["norms"] for seed in config["seeds"]]
+
+
+def linear_signal(delta: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+  """Largest per-coordinate linear label signal of a cue: max over coordinates i of the
+  between-class standard deviation of E[delta_i | y] (delta `(N, S, S, 3)`, labels `(N,)`)."""
+  means = np.stack([delta[labels == k].mean(0) for k in range(num_classes)
+                    if np.any(labels == k)])
+  return float(means.std(0).max())
 
 
 def cue_scales(key, settings: dict[str, Any], n: int) -> dict[str, float]:
@@ -84,12 +129,13 @@ def cue_scales(key, settings: dict[str, Any], n: int) -> dict[str, float]:
   cfg = suite.data_config(settings)
   b = data.sample_batch(key, cfg, n)
   flat = data.sample_batch(key, cfg.replace(bg_contrast=0.0), n)
-  no_marker = data.sample_batch(key, data.DataConfig(
-      image_size=cfg.image_size, num_classes=cfg.num_classes, marker=False, p=cfg.p,
-      bg_contrast=cfg.bg_contrast, fg_scale=cfg.fg_scale, marker_p=cfg.marker_p), n)
+  no_tint = data.sample_batch(key, cfg.replace(bg_contrast=0.0, tint_amp=0.0), n)
+  no_marker = data.sample_batch(key, cfg.replace(marker=False), n)
   x = np.asarray(b.images)
   d_bg = x - np.asarray(flat.images)
   d_mk = x - np.asarray(no_marker.images)
+  d_tint = np.asarray(flat.images) - np.asarray(no_tint.images)
+  labels = np.asarray(b.labels)
   bg_pix = (1 - np.asarray(b.masks)) * (1 - np.asarray(b.marker_masks))
   mk_pix = np.asarray(b.marker_masks)
 
@@ -100,7 +146,10 @@ def cue_scales(key, settings: dict[str, Any], n: int) -> dict[str, float]:
   return {"bg_amp": amp(d_bg, bg_pix),
           "bg_energy": float(np.sqrt((d_bg ** 2).sum(axis=(1, 2, 3))).mean()),
           "marker_amp": amp(d_mk, mk_pix),
-          "marker_energy": float(np.sqrt((d_mk ** 2).sum(axis=(1, 2, 3))).mean())}
+          "marker_energy": float(np.sqrt((d_mk ** 2).sum(axis=(1, 2, 3))).mean()),
+          "tint_lin": linear_signal(d_tint, labels, cfg.num_classes),
+          "marker_lin": linear_signal(d_mk, labels, cfg.num_classes),
+          "texture_lin": linear_signal(d_bg, labels, cfg.num_classes)}
 
 
 def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
@@ -115,9 +164,10 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
   suite.train_models(shared, workdir, specs)
   n = int(config["n_eval"])
   rows = []
-  for c in config["contrasts"]:
-    settings = dict(shared, bg_contrast=c)
-    scales = cue_scales(suite.eval_key(config["eval_seed"], "scales"), settings, n)
+  for v, c in ((v, c) for v in config.get("variants", ["base"]) for c in config["contrasts"]):
+    settings = dict(shared, **dict(variant_data(config, c, v)))
+    scales = cue_scales(suite.eval_key(config["eval_seed"], "scales"), settings,
+                        max(n, 2000))
     # Conflict set: background and marker never match the class (p = marker_p = 0).
     conflict = data.sample_batch(suite.eval_key(config["eval_seed"], "conflict"),
                                  suite.data_config(dict(settings, p=0.0, marker_p=0.0)), n)
@@ -127,13 +177,14 @@ def run(config: dict[str, Any], workdir: str) -> dict[str, str]:
            for k, f in (("shape", "labels"), ("bg", "bg_ids"), ("marker", "marker_ids"))}
     clean = data.sample_batch(suite.eval_key(config["eval_seed"], "clean"),
                               suite.data_config(settings), n)
-    for spec in (s for s in specs if dict(s.data)["bg_contrast"] == c):
+    for spec in (s for s in specs if s.data == variant_data(config, c, v)):
       model = train.load_model(suite.model_dir(workdir, spec))
       # The model itself: reliance's jitted functions take its parameters as arguments,
       # so only the first model of an architecture compiles.
       pred = reliance.predictions(model, xc)
-      row = {"model": spec.name, "bg_contrast": c, "norm": spec.norm, "eps": spec.eps,
-             "seed": spec.seed,
+      row = {"model": spec.name, "variant": v, "bg_contrast": c,
+             "tint_amp": dict(spec.data).get("tint_amp", 0.15), "norm": spec.norm,
+             "eps": spec.eps, "seed": spec.seed,
              "clean_acc": reliance.clean_accuracy(model, clean.images,
                                                   clean.labels, config["num_classes"],
                                                   batch_size=min(250, n))["clean_acc"],
@@ -164,7 +215,9 @@ def figure(config: dict[str, Any], rows: list[dict[str, Any]]):
                            constrained_layout=True)
   colors = {"shape": "tab:blue", "bg": "tab:orange", "marker": "tab:purple"}
   for ax, norm in zip(axes[0], norms):
-    sel = [r for r in rows if r["norm"] == norm]
+    sel = [r for r in rows if r["norm"] == norm and r.get("variant", "base") == "base"]
+    if not sel:
+      continue
     cs = sorted({r["bg_contrast"] for r in sel})
     for cue, col in colors.items():
       v = np.array([[r[f"{cue}_rate"] for r in sel if r["bg_contrast"] == c] for c in cs])
@@ -202,6 +255,8 @@ def main(argv):
                   f"--contrasts: values must be in [0, 1], got {config['contrasts']}")
     for n in config["norms"]:
       _common.check(n in ("none",) + suite.NORMS, f"--norms: unknown norm {n!r}")
+    for v in config["variants"]:
+      _common.check(v in VARIANTS, f"--variants: unknown variant {v!r}; known: {VARIANTS}")
     _common.check(config["image_size"] % 8 == 0, "--image_size: must be a multiple of 8")
   except flags.ValidationError as e:
     raise app.UsageError(str(e)) from e

@@ -11,7 +11,10 @@ where
   a core feature;
 - the background is an oriented sinusoidal texture with a per-style orientation, frequency and
   tint, `clip(tint_s + bg_contrast / 2 * sin(2 pi f_s (u cos t_s + v sin t_s) + phase), 0, 1)`
-  with (u, v) the pixel centre in [0, 1]^2 and a random phase. Style s equals the class y with
+  with (u, v) the pixel centre in [0, 1]^2 and a random phase; the tint is
+  `tint_s = 0.5 + tint_amp * cos(2 pi s / K + (0, 2, 4) pi / 3)` per RGB channel
+  (`tint_amp` = 0.15 by default; set it proportional to `bg_contrast` to scale the whole
+  background cue with one number). Style s equals the class y with
   probability p, otherwise it is uniform over the other K - 1 styles, so that
   P(style = y) = p exactly and p = 1/K makes the style independent of the class;
 - the optional marker (`DataConfig.marker`) is a small square of a per-class colour in a
@@ -21,9 +24,15 @@ where
 Domains (`DOMAINS`):
 - "train": in-distribution, P(style = y) = p, poses as in training.
 - "uncorrelated": P(style = y) = 1/K (marker uncorrelated too), training poses.
-- "shifted": nuisance shift: new sizes (smaller and larger than training), rotations
-  (|angle| in [30, 150] degrees, training uses [-30, 30]), positions (off-centre) and
-  uniformly random backgrounds and markers.
+- "shifted": nuisance shift of severity s = `shift_severity` in [0, 1] applied to the factors
+  in `shift_factors` (each independently switchable). Each factor's value is the mixture
+  (1 - s) training draw + s full-shift draw, so s = 0 is the training distribution and s = 1
+  the full shift: "size" (full shift: object radius smaller or larger than any training
+  object), "pose" (rotation; full shift: |angle| in [30, 150] degrees, training uses
+  [-30, 30]), "position" (full shift: off-centre by 0.2-0.3 of the side), "background"
+  (P(style = y) = (1 - s) p + s / K, the marker likewise; full shift: uniformly random
+  backgrounds and markers). Objects are kept inside the image (centre clipped to
+  0.75 radius from the border).
 - "waterbirds_train" / "waterbirds_test": binary Waterbirds-style split. The label is the
   superclass y = floor(2 c / K) of the shape class c; the place is the superclass of the
   background style; P(place = y) = `wb_p_train` (0.95) or `wb_p_test` (0.5); the group is
@@ -52,6 +61,7 @@ import numpy as np
 
 from spurjax import evalset as evalset_lib
 
+SHIFT_FACTORS = ("size", "pose", "position", "background")
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar", "semicircle", "star",
           "crescent", "ell", "frame", "dumbbell")
 DOMAINS = ("train", "uncorrelated", "shifted", "waterbirds_train", "waterbirds_test")
@@ -70,18 +80,31 @@ class DataConfig:
     fg_scale: linear size multiplier of the object (the foreground area scales as
       fg_scale**2; core-feature scale). At 1.0 the object covers about 9% of the image.
     marker_p: P(marker colour = class) in the correlated domains.
+    marker_side: marker side in pixels; 0 = max(2, S // 8) (static).
+    marker_corner: -1 = a random corner per image, 0..3 = always that corner (static).
     wb_p_train: P(place = y) in "waterbirds_train".
     wb_p_test: P(place = y) in "waterbirds_test".
+    tint_amp: amplitude of the per-style background tint around 0.5 (0.15; in [0, 0.5]).
+    shift_severity: severity s in [0, 1] of the "shifted" domain (1 = the full shift; see
+      the module docstring).
+    shift_factors: the factors the "shifted" domain changes, a non-empty subset of
+      `SHIFT_FACTORS` (static).
   """
   image_size: int = flax.struct.field(pytree_node=False, default=32)
   num_classes: int = flax.struct.field(pytree_node=False, default=10)
   marker: bool = flax.struct.field(pytree_node=False, default=False)
+  marker_side: int = flax.struct.field(pytree_node=False, default=0)
+  marker_corner: int = flax.struct.field(pytree_node=False, default=-1)
   p: float = 0.9
   bg_contrast: float = 0.5
   fg_scale: float = 1.0
   marker_p: float = 0.9
   wb_p_train: float = 0.95
   wb_p_test: float = 0.5
+  tint_amp: float = 0.15
+  shift_severity: float = 1.0
+  shift_factors: tuple[str, ...] = flax.struct.field(pytree_node=False,
+                                                     default=SHIFT_FACTORS)
 
 
 @flax.struct.dataclass
@@ -132,7 +155,19 @@ def validate_config(config: DataConfig) -> None:
       continue
     if not 0.0 <= float(v) <= 1.0:
       raise ValueError(f"DataConfig.{name}: must be a probability in [0, 1], got {v}")
-  for name, lo, hi in (("bg_contrast", 0.0, 1.0), ("fg_scale", 0.25, 2.0)):
+  side = config.marker_side
+  if not isinstance(side, int) or not 0 <= side <= s // 2:
+    raise ValueError(f"DataConfig.marker_side: must be an int in [0, {s // 2}], got {side!r}")
+  if config.marker_corner not in (-1, 0, 1, 2, 3):
+    raise ValueError(f"DataConfig.marker_corner: must be -1 (random) or 0..3, got "
+                     f"{config.marker_corner!r}")
+  factors = config.shift_factors
+  if (not isinstance(factors, tuple) or not factors
+      or any(f not in SHIFT_FACTORS for f in factors) or len(set(factors)) != len(factors)):
+    raise ValueError(f"DataConfig.shift_factors: must be a non-empty tuple of distinct names "
+                     f"from {SHIFT_FACTORS}, got {factors!r}")
+  for name, lo, hi in (("bg_contrast", 0.0, 1.0), ("fg_scale", 0.25, 2.0),
+                       ("tint_amp", 0.0, 0.5), ("shift_severity", 0.0, 1.0)):
     v = getattr(config, name)
     if isinstance(v, jax.core.Tracer):
       continue
@@ -176,12 +211,13 @@ def _shape_masks(u: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def _style_params(num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per-style orientation `(K,)`, cycles per image side `(K,)` and tint `(K, 3)`."""
+  """Per-style orientation `(K,)`, cycles per image side `(K,)` and unit tint direction
+  `(K, 3)` (the tint is 0.5 + tint_amp * direction)."""
   k = np.arange(num_classes)
   theta = np.pi * k / num_classes
   freq = 2.0 + 1.5 * (k % 3)
   hue = 2 * np.pi * k / num_classes
-  tint = 0.5 + 0.15 * np.cos(hue[:, None] + np.array([0.0, 2.0, 4.0])[None, :] * np.pi / 3.0)
+  tint = np.cos(hue[:, None] + np.array([0.0, 2.0, 4.0])[None, :] * np.pi / 3.0)
   return theta.astype(np.float32), freq.astype(np.float32), tint.astype(np.float32)
 
 
@@ -205,7 +241,8 @@ def _background(config: DataConfig, style: jax.Array, phase: jax.Array) -> jax.A
   t = jnp.asarray(theta)[style]
   arg = 2 * jnp.pi * jnp.asarray(freq)[style] * (xx * jnp.cos(t) + yy * jnp.sin(t)) + phase
   wave = 0.5 * config.bg_contrast * jnp.sin(arg)
-  return jnp.clip(jnp.asarray(tint)[style][None, None, :] + wave[:, :, None], 0.0, 1.0)
+  tint_s = 0.5 + config.tint_amp * jnp.asarray(tint)[style]
+  return jnp.clip(tint_s[None, None, :] + wave[:, :, None], 0.0, 1.0)
 
 
 def _object_mask(config: DataConfig, shape_id, cy, cx, radius, angle) -> jax.Array:
@@ -219,9 +256,10 @@ def _object_mask(config: DataConfig, shape_id, cy, cx, radius, angle) -> jax.Arr
 
 
 def _marker_mask(config: DataConfig, corner: jax.Array) -> jax.Array:
-  """Square marker `(S, S)` of side max(2, S // 8) inset 1 px in corner 0..3."""
+  """Square marker `(S, S)` of side `marker_side` (0: max(2, S // 8)) inset 1 px in corner
+  0..3."""
   s = config.image_size
-  side = max(2, s // 8)
+  side = config.marker_side or max(2, s // 8)
   idx = jnp.arange(s)
   lo_y = jnp.where(corner // 2 == 0, 1, s - 1 - side)
   lo_x = jnp.where(corner % 2 == 0, 1, s - 1 - side)
@@ -302,14 +340,34 @@ def _domain_flags(config: DataConfig, domain: str) -> dict[str, Any]:
   """The domain as traced numbers, so that all domains share one compilation."""
   k = config.num_classes
   correlated = domain in ("train", "waterbirds_train")
+  shifted = domain == "shifted"
+
+  def severity(factor):
+    on = shifted and factor in config.shift_factors
+    return jnp.asarray(config.shift_severity if on else 0.0, jnp.float32)
+
+  s_bg = severity("background")
+  p_style = jnp.asarray(config.p if domain == "train" else 1.0 / k, jnp.float32)
+  p_marker = jnp.asarray(config.marker_p if correlated else 1.0 / k, jnp.float32)
+  if shifted:  # (1 - s) p + s / K: the training correlation at s = 0, none at s = 1.
+    p_style = (1.0 - s_bg) * config.p + s_bg / k
+    p_marker = (1.0 - s_bg) * config.marker_p + s_bg / k
   return {
       "waterbirds": jnp.asarray(domain.startswith("waterbirds")),
-      "shifted": jnp.asarray(domain == "shifted"),
-      "p_style": jnp.asarray(config.p if domain == "train" else 1.0 / k, jnp.float32),
+      "s_size": severity("size"),
+      "s_pose": severity("pose"),
+      "s_position": severity("position"),
+      "p_style": jnp.asarray(p_style, jnp.float32),
       "p_place": jnp.asarray(config.wb_p_train if domain == "waterbirds_train"
                              else config.wb_p_test, jnp.float32),
-      "p_marker": jnp.asarray(config.marker_p if correlated else 1.0 / k, jnp.float32),
+      "p_marker": jnp.asarray(p_marker, jnp.float32),
   }
+
+
+def _static(config: DataConfig) -> DataConfig:
+  """`config` with the fields `_render` never reads (they act through `_domain_flags`) reset,
+  so that changing the shift factors does not recompile the renderer."""
+  return config.replace(shift_factors=SHIFT_FACTORS)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
@@ -351,14 +409,18 @@ def _render(key: jax.Array, config: DataConfig, batch_size: int,
   angle_s = turn * jax.random.uniform(keys[7], b, minval=jnp.pi / 6, maxval=5 * jnp.pi / 6)
   direction = jax.random.uniform(keys[8], b, minval=0.0, maxval=2 * jnp.pi)
   dist = jax.random.uniform(keys[9], b, minval=0.2, maxval=0.3)
-  lim = jnp.clip(0.75 * radius_s, 0.05, 0.45)
-  cy_s = jnp.clip(0.5 + dist * jnp.sin(direction), lim, 1 - lim)
-  cx_s = jnp.clip(0.5 + dist * jnp.cos(direction), lim, 1 - lim)
-  sh = flags["shifted"]
-  radius = jnp.where(sh, radius_s, radius_t)
-  angle = jnp.where(sh, angle_s, angle_t)
-  cy = jnp.where(sh, cy_s, cy_t)
-  cx = jnp.where(sh, cx_s, cx_t)
+  # Severity s per factor: (1 - s) training draw + s shifted draw (exact at s = 0 and 1).
+  def mix(s, train_value, shifted_value):
+    return (1.0 - s) * train_value + s * shifted_value
+
+  radius = mix(flags["s_size"], radius_t, radius_s)
+  angle = mix(flags["s_pose"], angle_t, angle_s)
+  lim = jnp.clip(0.75 * radius, 0.05, 0.45)
+  moved = flags["s_position"] > 0  # training centres are never clipped
+  cy = jnp.where(moved, jnp.clip(mix(flags["s_position"], cy_t,
+                                     0.5 + dist * jnp.sin(direction)), lim, 1 - lim), cy_t)
+  cx = jnp.where(moved, jnp.clip(mix(flags["s_position"], cx_t,
+                                     0.5 + dist * jnp.cos(direction)), lim, 1 - lim), cx_t)
 
   sign = jnp.where(jax.random.bernoulli(keys[10], 0.5, b), 1.0, -1.0)
   kc, kp, km, kcorner = jax.random.split(keys[11], 4)
@@ -371,7 +433,8 @@ def _render(key: jax.Array, config: DataConfig, batch_size: int,
 
   if config.marker:
     marker_ids = _correlated(km, shape_id, flags["p_marker"], k)
-    corner = jax.random.randint(kcorner, b, 0, 4)
+    corner = (jax.random.randint(kcorner, b, 0, 4) if config.marker_corner < 0
+              else jnp.full(b, config.marker_corner, jnp.int32))
     marker_masks = jax.vmap(functools.partial(_marker_mask, config))(corner) * (1 - masks)
     mcol = jnp.asarray(_marker_colors(k))[marker_ids]
     images = (marker_masks[..., None] * mcol[:, None, None, :]
@@ -417,7 +480,7 @@ def sample_batch(key: jax.Array, config: DataConfig, batch_size: int,
     A `Batch` of jax arrays.
   """
   _check_common(config, batch_size, domain)
-  return _render(key, config, batch_size, _domain_flags(config, domain))[0]
+  return _render(key, _static(config), batch_size, _domain_flags(config, domain))[0]
 
 
 def batches(key: jax.Array, config: DataConfig, batch_size: int,
@@ -431,7 +494,7 @@ def batches(key: jax.Array, config: DataConfig, batch_size: int,
   flags = _domain_flags(config, domain)
   t = 0
   while True:
-    yield _render(jax.random.fold_in(key, t), config, batch_size, flags)[0]
+    yield _render(jax.random.fold_in(key, t), _static(config), batch_size, flags)[0]
     t += 1
 
 
@@ -441,7 +504,7 @@ def _generate(key: jax.Array, config: DataConfig, n: int, domain: str,
   parts, bgs = [], []
   flags = _domain_flags(config, domain)
   for i, start in enumerate(range(0, n, size)):
-    batch, bg = _render(jax.random.fold_in(key, i), config, size, flags)
+    batch, bg = _render(jax.random.fold_in(key, i), _static(config), size, flags)
     m = min(size, n - start)
     parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:m], batch))
     bgs.append(np.asarray(bg)[:m])

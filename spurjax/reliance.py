@@ -360,15 +360,28 @@ def predictions(model: Any, images: Any, *, batch_size: int = 250) -> np.ndarray
 
 def _pair_counters(key: jax.Array, model: _Model, images: Any, labels: np.ndarray,
                    masks: Any, num_classes: int, sigma: float, mode: str, trials: int,
-                   batch_size: int) -> tuple[_Counter, _Counter]:
-  """Counts for noise on the mask (first) and off the mask (second), pooled over trials."""
+                   batch_size: int, per_image: list | None = None
+                   ) -> tuple[_Counter, _Counter]:
+  """Counts for noise on the mask (first) and off the mask (second), pooled over trials.
+
+  With `per_image` (a list), appends the `(N,)` int64 numbers of correct trials per image
+  for noise on the mask and off the mask.
+  """
   c_in, c_out = _Counter(num_classes), _Counter(num_classes)
+  n = _n(images)
+  k_in, k_out = np.zeros(n, np.int64), np.zeros(n, np.int64)
   for t in range(trials):
     for start, valid, x, m in _batches(batch_size, images, masks):
       k = jax.random.fold_in(jax.random.fold_in(key, t), start // batch_size)
       p_in, p_out = model.pair(k, x, m, jnp.float32(sigma), mode)
-      c_in.add(np.asarray(p_in)[:valid], labels[start:start + valid])
-      c_out.add(np.asarray(p_out)[:valid], labels[start:start + valid])
+      p_in, p_out = np.asarray(p_in)[:valid], np.asarray(p_out)[:valid]
+      lab = labels[start:start + valid]
+      c_in.add(p_in, lab)
+      c_out.add(p_out, lab)
+      k_in[start:start + valid] += p_in == lab
+      k_out[start:start + valid] += p_out == lab
+  if per_image is not None:
+    per_image.extend([k_in, k_out])
   return c_in, c_out
 
 
@@ -403,7 +416,7 @@ def clean_accuracy(apply_fn: ApplyFn, images: Any, labels: Any, num_classes: int
 def rfs(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, masks: Any,
         num_classes: int, *, sigmas: Sequence[float] = RFS_SIGMAS, trials: int = 1,
         mode: str = "gaussian", l2_fraction: float = 0.25, batch_size: int = 250,
-        _model: _Model | None = None) -> dict[str, float]:
+        _model: _Model | None = None, _records: dict | None = None) -> dict[str, float]:
   """RIVAL10 relative foreground sensitivity (protocol 1 of the module docstring).
 
   Args:
@@ -440,22 +453,28 @@ def rfs(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, masks: Any,
                      f"{evalset_lib._shape(masks)}")
   prefix = {"gaussian": "rfs", "l2": "rfs_l2", "l2_abs": "rfs_l2abs"}[mode]
   out, a_fg, a_bg = {}, [], []
+  per_image: list = []
   for i, sigma in enumerate(sigmas):
     c_fg, c_bg = _pair_counters(jax.random.fold_in(key, i), model, images, lab, masks,
-                                num_classes, float(sigma), mode, trials, batch_size)
+                                num_classes, float(sigma), mode, trials, batch_size, per_image)
     a_fg.append(c_fg.balanced())
     a_bg.append(c_bg.balanced())
     out[f"{prefix}_{_sigma_key(sigmas, i, mode)}"] = rfs_score(a_fg[-1], a_bg[-1])
   out[f"{prefix}_a_fg"] = float(np.mean(a_fg))
   out[f"{prefix}_a_bg"] = float(np.mean(a_bg))
   out[prefix] = rfs_score(out[f"{prefix}_a_fg"], out[f"{prefix}_a_bg"])
+  if _records is not None:
+    _records[f"{prefix}_fg"] = np.stack(per_image[0::2])
+    _records[f"{prefix}_bg"] = np.stack(per_image[1::2])
+    _records[f"{prefix}_trials"] = np.asarray(trials)
   return out
 
 
 def salient(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, soft_masks: Any,
             num_classes: int, *, sigma: float = SALIENT_SIGMA, trials: int = 5,
             marker_masks: Any = None, batch_size: int = 250,
-            _model: _Model | None = None) -> dict[str, float | None]:
+            _model: _Model | None = None, _records: dict | None = None
+            ) -> dict[str, float | None]:
   """Salient-ImageNet core and spurious accuracy and RCS (protocol 2).
 
   Args:
@@ -480,8 +499,12 @@ def salient(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, soft_ma
   n = _n(images)
   lab = _labels(labels, n, "labels")
   k_core, k_marker = jax.random.split(key)
+  per_image: list = []
   c_spur, c_core = _pair_counters(k_core, model, images, lab, soft_masks, num_classes,
-                                  float(sigma), "gaussian", trials, batch_size)
+                                  float(sigma), "gaussian", trials, batch_size, per_image)
+  if _records is not None:
+    _records["salient_spur"], _records["salient_core"] = per_image
+    _records["salient_trials"] = np.asarray(trials)
   out: dict[str, float | None] = {"core_acc": c_core.balanced(), "spur_acc": c_spur.balanced()}
   out["rcs"] = rcs_score(out["core_acc"], out["spur_acc"])
   out["marker_noise_acc"] = None
@@ -493,7 +516,8 @@ def salient(key: jax.Array, apply_fn: ApplyFn, images: Any, labels: Any, soft_ma
 
 
 def in9(apply_fn: ApplyFn, variants: Mapping[str, evalset_lib.Variant], num_classes: int, *,
-        batch_size: int = 250, _model: _Model | None = None) -> dict[str, float | None]:
+        batch_size: int = 250, _model: _Model | None = None,
+        _records: dict | None = None) -> dict[str, float | None]:
   """ImageNet-9 accuracies per variant and BG-Gap (protocol 3).
 
   Returns:
@@ -508,17 +532,20 @@ def in9(apply_fn: ApplyFn, variants: Mapping[str, evalset_lib.Variant], num_clas
       continue
     v = variants[name]
     c = _Counter(num_classes)
-    c.add(_predict_all(model, v.images, batch_size),
-          _labels(v.labels, _n(v.images), f"variants[{name!r}].labels"))
+    preds = _predict_all(model, v.images, batch_size)
+    lab = _labels(v.labels, _n(v.images), f"variants[{name!r}].labels")
+    c.add(preds, lab)
     out[f"acc_{name}"] = c.plain()
+    if _records is not None:
+      _records[f"in9_{name}"] = preds == lab
   out["bg_gap"] = (out["acc_mixed_same"] - out["acc_mixed_rand"]
                    if "acc_mixed_same" in out and "acc_mixed_rand" in out else None)
   return out
 
 
 def group_accuracy(apply_fn: ApplyFn, groups: evalset_lib.GroupSplit, *,
-                   batch_size: int = 250, _model: _Model | None = None
-                   ) -> dict[str, float | None]:
+                   batch_size: int = 250, _model: _Model | None = None,
+                   _records: dict | None = None) -> dict[str, float | None]:
   """Waterbirds group accuracies (protocol 4); y_pred = label_map[argmax logits].
 
   Returns:
@@ -540,6 +567,8 @@ def group_accuracy(apply_fn: ApplyFn, groups: evalset_lib.GroupSplit, *,
     preds = lm[preds]
   correct = preds == y
   g = 2 * y + place
+  if _records is not None:
+    _records["wb_correct"], _records["wb_groups"] = correct, g
   out: dict[str, float | None] = {}
   accs = []
   for gi in range(4):
@@ -558,8 +587,8 @@ def group_accuracy(apply_fn: ApplyFn, groups: evalset_lib.GroupSplit, *,
 
 def shift_accuracy(apply_fn: ApplyFn, images: Any, labels: Any,
                    shifted: evalset_lib.ShiftSplit, num_classes: int, *,
-                   batch_size: int = 250, _model: _Model | None = None
-                   ) -> dict[str, float | None]:
+                   batch_size: int = 250, _model: _Model | None = None,
+                   _records: dict | None = None) -> dict[str, float | None]:
   """ObjectNet-style accuracy drop (protocol 5), plain accuracies.
 
   Returns:
@@ -570,8 +599,11 @@ def shift_accuracy(apply_fn: ApplyFn, images: Any, labels: Any,
   model = _model or _model_for(apply_fn, 0.25)
   c_id, c_sh = _Counter(num_classes), _Counter(num_classes)
   c_id.add(_predict_all(model, images, batch_size), _labels(labels, _n(images), "labels"))
-  c_sh.add(_predict_all(model, shifted.images, batch_size),
-           _labels(shifted.labels, _n(shifted.images), "shifted.labels"))
+  sh_preds = _predict_all(model, shifted.images, batch_size)
+  sh_labels = _labels(shifted.labels, _n(shifted.images), "shifted.labels")
+  c_sh.add(sh_preds, sh_labels)
+  if _records is not None:
+    _records["shift_correct"] = sh_preds == sh_labels
   a_id, a_sh = c_id.plain(), c_sh.plain()
   return {"shift_id_acc": a_id, "shift_acc": a_sh, "shift_drop": a_id - a_sh,
           "shift_drop_rel": (a_id - a_sh) / a_id if a_id > 0 else None}
@@ -581,7 +613,7 @@ def evaluate(key: jax.Array, model: Any, data: evalset_lib.EvalSet, *,
              batch_size: int = 250, sigmas: Sequence[float] = RFS_SIGMAS,
              rfs_trials: int = 1, rfs_modes: Sequence[str] = NOISE_MODES,
              l2_fraction: float = 0.25, salient_sigma: float = SALIENT_SIGMA,
-             salient_trials: int = 5) -> dict[str, float | None]:
+             salient_trials: int = 5, return_records: bool = False):
   """Runs every protocol that `data` supports and returns one flat dict of metrics.
 
   Protocols and formulas: see the module docstring. Each protocol runs when its inputs are
@@ -609,12 +641,20 @@ def evaluate(key: jax.Array, model: Any, data: evalset_lib.EvalSet, *,
     l2_fraction: l2-mode energy fraction.
     salient_sigma: Salient noise level (0.25).
     salient_trials: Salient noise draws (>= 5).
+    return_records: also return the per-image records (see `Returns`).
 
   Returns:
     Flat dict str -> float or None: clean_acc, clean_bal_acc; rfs, rfs_a_fg, rfs_a_bg,
     rfs_s030..rfs_s210 (and the rfs_l2* twins); core_acc, spur_acc, rcs, marker_noise_acc;
     acc_<variant> for the eight variants, bg_gap; wb_acc_g0..3, worst_group_acc, wb_mean_acc,
     wb_weighted_acc; shift_id_acc, shift_acc, shift_drop, shift_drop_rel.
+    With `return_records`, the pair (metrics, records): records maps to numpy arrays of
+    per-image outcomes, from which `spurjax.intervals.metrics_from_records` recomputes the
+    metrics exactly (and on resampled images, for a bootstrap): "labels" `(N,)`, "clean"
+    `(N,)` bool; "rfs_fg" / "rfs_bg" `(L, N)` correct trials per RFS level and image (and
+    "rfs_l2_*"), "rfs_trials"; "salient_core" / "salient_spur" `(N,)` correct trials,
+    "salient_trials"; "in9_<variant>" `(N_v,)` bool; "wb_correct", "wb_groups" `(M,)`;
+    "shift_correct" `(M',)` bool.
   """
   if not isinstance(data, evalset_lib.EvalSet):
     raise ValueError(f"data: expected an EvalSet, got {type(data)}")
@@ -632,22 +672,29 @@ def evaluate(key: jax.Array, model: Any, data: evalset_lib.EvalSet, *,
   k = data.num_classes
   k_rfs, k_sal = jax.random.split(key)
   out: dict[str, float | None] = {name: None for name in REQUIRED_KEYS}
+  rec = {} if return_records else None
   out.update(clean_accuracy(apply_fn, data.images, data.labels, k, batch_size=batch_size,
                             _model=clf))
+  if rec is not None:
+    rec["labels"] = _labels(data.labels, len(data), "labels")
+    rec["clean"] = _predict_all(clf, data.images, batch_size) == rec["labels"]
   if data.masks is not None:
     for mode in rfs_modes:
       out.update(rfs(k_rfs, apply_fn, data.images, data.labels, data.masks, k, sigmas=sigmas,
                      trials=rfs_trials, mode=mode, l2_fraction=l2_fraction,
-                     batch_size=batch_size, _model=clf))
+                     batch_size=batch_size, _model=clf, _records=rec))
   if data.soft_masks is not None:
     out.update(salient(k_sal, apply_fn, data.images, data.labels, data.soft_masks, k,
                        sigma=salient_sigma, trials=salient_trials,
-                       marker_masks=data.marker_masks, batch_size=batch_size, _model=clf))
+                       marker_masks=data.marker_masks, batch_size=batch_size, _model=clf,
+                       _records=rec))
   if data.variants is not None:
-    out.update(in9(apply_fn, data.variants, k, batch_size=batch_size, _model=clf))
+    out.update(in9(apply_fn, data.variants, k, batch_size=batch_size, _model=clf,
+                   _records=rec))
   if data.groups is not None:
-    out.update(group_accuracy(apply_fn, data.groups, batch_size=batch_size, _model=clf))
+    out.update(group_accuracy(apply_fn, data.groups, batch_size=batch_size, _model=clf,
+                              _records=rec))
   if data.shifted is not None:
     out.update(shift_accuracy(apply_fn, data.images, data.labels, data.shifted, k,
-                              batch_size=batch_size, _model=clf))
-  return out
+                              batch_size=batch_size, _model=clf, _records=rec))
+  return (out, rec) if return_records else out

@@ -131,14 +131,18 @@ def data_settings(config: Mapping[str, Any], spec: ModelSpec | None = None) -> d
 
 
 def data_config(settings: Mapping[str, Any]):
-  """`spurjax.data.DataConfig` from a dict holding `DATA_FIELDS`."""
+  """`spurjax.data.DataConfig` from a dict holding `DATA_FIELDS` (and optionally the
+  overrides tint_amp, marker_side, marker_corner; data defaults otherwise)."""
   from spurjax import data
   return data.DataConfig(image_size=int(settings["image_size"]),
                          num_classes=int(settings["num_classes"]),
                          marker=bool(settings["marker"]), p=float(settings["p"]),
                          bg_contrast=float(settings["bg_contrast"]),
                          fg_scale=float(settings["fg_scale"]),
-                         marker_p=float(settings["marker_p"]))
+                         marker_p=float(settings["marker_p"]),
+                         tint_amp=float(settings.get("tint_amp", 0.15)),
+                         marker_side=int(settings.get("marker_side", 0)),
+                         marker_corner=int(settings.get("marker_corner", -1)))
 
 
 def train_config(config: Mapping[str, Any], spec: ModelSpec):

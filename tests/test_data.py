@@ -251,3 +251,80 @@ def test_shapes_are_learnable_on_uncorrelated_domain():
   test = data.sample_batch(jax.random.key(2), config, 500, "uncorrelated")
   acc = float(jnp.mean(jnp.argmax(_cnn(params, test.images), -1) == test.labels))
   assert acc > 0.45, acc   # measured 0.69 with these seeds
+
+
+# --------------------------------------------------------------------------- shift and tint knobs
+def test_shift_severity_zero_is_the_training_distribution():
+  # Each factor is (1 - s) training draw + s shifted draw: at s = 0 the "shifted" domain is
+  # the training domain, image for image (same key).
+  key = jax.random.key(21)
+  train = data.sample_batch(key, SMALL, N_STATS, "train")
+  zero = data.sample_batch(key, SMALL.replace(shift_severity=0.0), N_STATS, "shifted")
+  np.testing.assert_array_equal(np.asarray(zero.images), np.asarray(train.images))
+  np.testing.assert_array_equal(np.asarray(zero.bg_ids), np.asarray(train.bg_ids))
+
+
+def test_shift_factors_change_only_what_they_name(stats_batches):
+  key = jax.random.key(11)   # the key of stats_batches
+  train = stats_batches["train"]
+  size_only = data.sample_batch(key, SMALL.replace(shift_factors=("size",)), N_STATS,
+                                "shifted")
+  bg_only = data.sample_batch(key, SMALL.replace(shift_factors=("background",)), N_STATS,
+                              "shifted")
+  # Background alone: the same objects, uncorrelated backgrounds (P(style = y) = 1/K).
+  np.testing.assert_array_equal(np.asarray(bg_only.masks), np.asarray(train.masks))
+  agree = float(np.mean(np.asarray(bg_only.bg_ids) == np.asarray(bg_only.labels)))
+  assert _within(agree, 1 / SMALL.num_classes, N_STATS), agree
+  # Size alone: the training backgrounds and centres, objects smaller or larger than any
+  # training object.
+  np.testing.assert_array_equal(np.asarray(size_only.bg_ids), np.asarray(train.bg_ids))
+  area_t = np.asarray(train.masks).mean((1, 2))
+  area_s = np.asarray(size_only.masks).mean((1, 2))
+  assert np.mean((area_s < area_t.min()) | (area_s > area_t.max())) > 0.5
+
+
+def test_shift_severity_interpolates_the_background_correlation():
+  s = float(np.random.default_rng().uniform(0.1, 0.9))
+  cfg = SMALL.replace(shift_severity=s)
+  b = data.sample_batch(jax.random.key(int(1e6 * s)), cfg, N_STATS, "shifted")
+  agree = float(np.mean(np.asarray(b.bg_ids) == np.asarray(b.labels)))
+  p = (1 - s) * SMALL.p + s / SMALL.num_classes
+  assert _within(agree, p, N_STATS, z=5.5), (s, agree, p)
+
+
+def test_tint_amp_scales_the_tint_exactly():
+  key = jax.random.key(int(np.random.default_rng().integers(1 << 30)))
+  flat = SMALL.replace(bg_contrast=0.0)   # batch size N_STATS: compiled by the fixture
+  a = data.sample_batch(key, flat, N_STATS)
+  b = data.sample_batch(key, flat.replace(tint_amp=0.3), N_STATS)
+  c = data.sample_batch(key, flat.replace(tint_amp=0.0), N_STATS)
+  bg = ((1 - np.asarray(a.masks)) * (1 - np.asarray(a.marker_masks)))[..., None] > 0
+  bg = np.broadcast_to(bg, a.images.shape)
+  xa, xb, xc = (np.asarray(z.images)[bg] for z in (a, b, c))
+  np.testing.assert_array_equal(xc, 0.5)                           # no tint at 0
+  np.testing.assert_allclose(xb - 0.5, 2.0 * (xa - 0.5), atol=1e-6)  # 0.3 = 2 x 0.15
+  assert np.abs(xa - 0.5).max() > 0.1
+
+
+@pytest.mark.parametrize("field,value", [("shift_severity", 1.5), ("shift_severity", -0.1),
+                                         ("tint_amp", 0.6), ("shift_factors", ("fog",)),
+                                         ("shift_factors", ())])
+def test_shift_and_tint_knobs_are_validated(field, value):
+  with pytest.raises(ValueError, match=f"DataConfig.{field}"):
+    data.sample_batch(jax.random.key(0), SMALL.replace(**{field: value}), 4)
+
+
+def test_marker_side_and_fixed_corner():
+  # One static config (one compilation): a 4-pixel marker always in corner 0 (top left,
+  # inset 1 pixel), drawn under the object only where the object is absent.
+  cfg = SMALL.replace(marker_side=4, marker_corner=0)
+  b = data.sample_batch(jax.random.key(int(np.random.default_rng().integers(1 << 30))), cfg,
+                        256)
+  square = np.zeros((16, 16))
+  square[1:5, 1:5] = 1
+  mm, masks = np.asarray(b.marker_masks), np.asarray(b.masks)
+  np.testing.assert_array_equal(mm, square[None] * (1 - masks))
+  with pytest.raises(ValueError, match="DataConfig.marker_corner"):
+    data.sample_batch(jax.random.key(0), SMALL.replace(marker_corner=4), 4)
+  with pytest.raises(ValueError, match="DataConfig.marker_side"):
+    data.sample_batch(jax.random.key(0), SMALL.replace(marker_side=9), 4)
