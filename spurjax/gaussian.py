@@ -26,7 +26,8 @@ and along the path w(mu) the risk decreases while Phi < mu and increases once Ph
 (it is a convex function of the norm budget). The path is computed exactly:
 
   * l2 attack (n = ||.||_2): the ridge path w = (sigma + lam I)^{-1} cross, mu = lam n, from
-    one eigendecomposition of sigma; the multiplier by bisection in lam.
+    one eigendecomposition of sigma (s, n, mu in O(d) per lam), tabulated at 129 fixed
+    nodes; the multiplier is bracketed by the nodes and found by safeguarded Newton.
   * l_inf attack (n = ||.||_1): the lasso homotopy (LARS with the lasso modification):
     piecewise linear in mu with exact breakpoints (a feature joins when its correlation
     |cross_j - sigma_j w| reaches mu, leaves when its weight reaches 0).
@@ -35,15 +36,16 @@ and along the path w(mu) the risk decreases while Phi < mu and increases once Ph
     (zero gradient); a free coordinate joins the cap when |w_i| reaches t, a capped one
     leaves when its share lambda_i = sign_i (cross - sigma w)_i of mu reaches 0.
 
-The homotopies walk from mu_0 = ||cross||_* (w = 0) down to 0 and record every piece;
-this does not depend on eps, so a vmap over eps computes it once per model. For each eps
-the multiplier lies on the first piece whose lower end has Phi >= mu; that linear piece
-w(mu) = p - mu q is re-solved directly (no accumulated round-off from the rank-2k
-Woodbury updates of the path), and 64 bisection steps on the sign of Phi - mu give the
-multiplier to round-off. The answer is the best of the bracket ends, the least-squares
-solution and the origin. A homotopy takes at most `max_steps` breakpoints (static,
-default 4 d + 8); if the multiplier lies beyond them the result is NaN, never a wrong
-finite answer.
+The homotopies walk from mu_0 = ||cross||_* (w = 0) down to 0. Each piece is solved from
+the (Woodbury-updated, rank 2 or 4 per breakpoint) inverse of its system plus one step of
+iterative refinement against the system itself, as w(mu) = p - mu q; along it s(mu)^2 is
+a quadratic and n(mu) linear in mu, kept in closed form. The path does not depend on eps:
+for a grid of radii (`eps` `(m,)`) it is walked once and every piece recorded; each radius
+then finds its piece (the first whose lower end has Phi >= mu) and the multiplier on it
+by 64 bisection steps on the sign of Phi - mu, each O(1). A single radius stops the walk
+at its piece. The answer is the best of the bracket ends, the least-squares solution and
+the origin. A homotopy takes at most `max_steps` breakpoints (static, default 4 d + 8);
+if the multiplier lies beyond them the result is NaN, never a wrong finite answer.
 
 Precision: compute under float64 (`jax.enable_x64(True)`) for round-off accuracy. The
 minimizer needs `sigma` positive definite (otherwise it need not be unique);
@@ -52,7 +54,7 @@ minimizer needs `sigma` positive definite (otherwise it need not be unique);
 gets s = 0 rather than sqrt(round-off)); below `-PSD_RTOL * ||J||` J is rejected.
 
 Everything jits and vmaps (over eps, and over models of one size); the attack norm is
-static. The solver is compiled once per (d, norm).
+static. The solver is compiled once per (d, norm, shape of eps).
 """
 
 from __future__ import annotations
@@ -306,30 +308,34 @@ def _newton_root(f, lo: jax.Array, hi: jax.Array,
   """Sign change of a smooth scalar f in [lo, hi] (f < 0 moves lo up), from x in it:
   Newton steps, a bisection step whenever Newton leaves the bracket.
 
-  Stops once a Newton step is below `_NEWTON_RTOL` relative (quadratic convergence leaves
-  an error ~ step^2 after it) or the bracket is below 4 ulp, after at most
-  `_BISECTION_STEPS` iterations. Returns `(lo, hi, x)`, x the last iterate.
+  `f(x)` returns `(value, scale)`, scale the size of the terms whose difference is the
+  value. Stops once a Newton step is below `_NEWTON_RTOL` relative (quadratic
+  convergence leaves an error ~ step^2 after it), |value| is below 16 ulp of scale
+  (round-off: the sign carries no more information) or the bracket is below 4 ulp, after
+  at most `_BISECTION_STEPS` iterations. Returns `(lo, hi, x)`, x the last iterate.
   """
   tiny = jnp.finfo(lo.dtype).tiny
   ulp = jnp.finfo(lo.dtype).eps
 
   def cond(st):
-    lo, hi, x, dx, it = st
+    lo, hi, x, dx, noise, it = st
     return ((it < _BISECTION_STEPS) & (jnp.abs(dx) > _NEWTON_RTOL * jnp.abs(x) + tiny)
-            & (hi - lo > 4 * ulp * jnp.abs(hi)))
+            & ~noise & (hi - lo > 4 * ulp * jnp.abs(hi)))
 
   def body(st):
-    lo, hi, x, _, it = st
-    fx, dfx = jax.jvp(f, (x,), (jnp.ones_like(x),))
+    lo, hi, x, _, _, it = st
+    (fx, scale), (dfx, _) = jax.jvp(f, (x,), (jnp.ones_like(x),))
     up = fx < 0
     lo, hi = jnp.where(up, x, lo), jnp.where(up, hi, x)
     ok = jnp.isfinite(fx) & (dfx != 0)
     xn = x - fx / jnp.where(ok, dfx, 1.0)
     xn = jnp.where(ok & (xn > lo) & (xn < hi), xn, 0.5 * (lo + hi))
-    return lo, hi, xn, xn - x, it + 1
+    noise = jnp.abs(fx) <= 16 * ulp * scale
+    return lo, hi, jnp.where(noise, x, xn), xn - x, noise, it + 1
 
-  st = (lo, hi, x, jnp.full_like(x, jnp.inf), jnp.zeros((), jnp.int32))
-  lo, hi, x, _, _ = jax.lax.while_loop(cond, body, st)
+  st = (lo, hi, x, jnp.full_like(x, jnp.inf), jnp.zeros(jnp.shape(x), bool),
+        jnp.zeros((), jnp.int32))
+  lo, hi, x, _, _, _ = jax.lax.while_loop(cond, body, st)
   return lo, hi, x
 
 
@@ -700,7 +706,8 @@ def _ridge(prep: _Prep, r: _Ridge, eps: jax.Array) -> tuple[jax.Array, jax.Array
   of least squares, the origin, the bracket ends and the last iterate."""
   def f(u):
     s, n, mu = _ridge_s_n_mu(prep, r, u)
-    return mu - theory._phi(s, n, eps)
+    phi = theory._phi(s, n, eps)
+    return mu - phi, mu + phi
 
   f_nodes = r.lam_n - theory._phi(r.s, r.n, eps)
   g = r.nodes.shape[0]
