@@ -31,8 +31,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import time
+
 
 from absl import app
 from absl import flags
@@ -52,6 +54,8 @@ flags.DEFINE_integer("general_points", 3000, "Minimizers per norm and d (general
 flags.DEFINE_integer("general_baseline_points", 20, "cvxpy solves per norm and d.",
                      lower_bound=1)
 flags.DEFINE_bool("general_only", False, "Only the general-model benchmark.")
+flags.DEFINE_string("general_worker", None, "Internal: time one general workload "
+                    "(d,points,kind,norm,repeats,m) in this process, print JSON.")
 FLAGS = flags.FLAGS
 
 
@@ -72,6 +76,9 @@ def main(argv):
   from spurjax import parallel
   from spurjax import theory as T
 
+  if FLAGS.general_worker:
+    _general_worker(FLAGS.general_worker)
+    return
   if FLAGS.general_only:
     general = {}
     for d in FLAGS.general_dims:
@@ -232,6 +239,49 @@ def _random_models(rng, d, n_models):
   return np.stack(sig), np.stack(cross), np.asarray(var_y)
 
 
+def _workloads(d, points):
+  """The grid and single workloads of `general_bench` (deterministic in d, points)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from spurjax import gaussian as G
+  rng = np.random.default_rng(d)
+  n_grid = 16
+  per_model = max(points // n_grid, 1)
+  points = per_model * n_grid
+  grid_models = G.GaussianModel(*(jnp.asarray(a) for a in _random_models(rng, d, n_grid)))
+  grid_eps = rng.uniform(0.0, 0.6, (n_grid, per_model))
+  single_models = G.GaussianModel(*(jnp.asarray(a) for a in _random_models(rng, d, points)))
+  single_eps = rng.uniform(0.0, 0.6, points)
+  return n_grid, points, dict(grid=(grid_models, grid_eps), single=(single_models, single_eps))
+
+
+def _general_worker(spec):
+  """Times one `d,points,kind,norm,repeats,m` workload; prints JSON {"seconds": best
+  compile-free time, "risk": the first m risks in cvxpy's order}."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from spurjax import gaussian as G
+  d, points, kind, norm, repeats, m = spec.split(",")
+  d, points, repeats, m = int(d), int(points), int(repeats), int(m)
+  n_grid, points, work = _workloads(d, points)
+  models, eps = work[kind]
+  eps = jnp.asarray(eps)
+  fn = jax.jit(jax.vmap(lambda mod, e: G.adversarial_minimizer(mod, e, norm)))
+  fn = fn.lower(models, eps).compile()  # ahead of time: compilation apart from the runs
+  res = jax.block_until_ready(fn(models, eps))
+  best = math.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    res = jax.block_until_ready(fn(models, eps))
+    best = min(best, time.perf_counter() - t)
+  risk = np.asarray(res.risk)
+  assert np.all(np.isfinite(risk)), "non-finite exact minimizer"
+  first = [float(risk[i % n_grid, i // n_grid] if kind == "grid" else risk[i])
+           for i in range(m)]
+  print(json.dumps(dict(seconds=best, risk=first)))
+
+
 def general_bench(d, points, baseline_points, repeats):
   """Exact general-model minimizers/s at size d against cvxpy (Clarabel), same run.
 
@@ -242,11 +292,11 @@ def general_bench(d, points, baseline_points, repeats):
       vmapped over the models;
     * single: `points` models, one radius each (`adversarial_minimizer` with a scalar
       radius: the path is walked down to the radius's piece), vmapped over the models.
-  Timed: best of `repeats` compile-free runs. cvxpy solves the first `baseline_points`
-  (model, eps) pairs of each workload one at a time (a parametrised DPP problem per norm;
-  timed from setting the parameters to the end of the solve); its rate is the same
-  problem's for both ratios. The excess risk of ours over cvxpy's (its w evaluated exactly)
-  is reported for both workloads.
+  Timed: best of `repeats` compile-free runs, each workload in its own process. cvxpy
+  solves the first `baseline_points` (model, eps) pairs of each workload one at a time (a
+  parametrised DPP problem per norm; timed from setting the parameters to the end of the
+  solve); its rate is the same problem's for both ratios. The excess risk of ours over
+  cvxpy's (its w evaluated exactly) is reported for both workloads.
   """
   import cvxpy as cp
   import jax
@@ -255,34 +305,33 @@ def general_bench(d, points, baseline_points, repeats):
   from spurjax import gaussian as G
   from spurjax import theory as T
 
-  rng = np.random.default_rng(d)
-  n_grid = 16
-  per_model = max(points // n_grid, 1)
-  points = per_model * n_grid
-  grid_models = G.GaussianModel(*(jnp.asarray(a) for a in _random_models(rng, d, n_grid)))
-  grid_eps = rng.uniform(0.0, 0.6, (n_grid, per_model))
-  single_models = G.GaussianModel(*(jnp.asarray(a) for a in _random_models(rng, d, points)))
-  single_eps = rng.uniform(0.0, 0.6, points)
-  work = dict(grid=(grid_models, grid_eps), single=(single_models, single_eps))
+  n_grid, points, work = _workloads(d, points)
   m = min(baseline_points, points)
-
-  def timed(fn, *args):
-    res = jax.block_until_ready(fn(*args))
-    best = math.inf
-    for _ in range(repeats):
-      t = time.perf_counter()
-      res = jax.block_until_ready(fn(*args))
-      best = min(best, time.perf_counter() - t)
-    assert np.all(np.isfinite(res.risk)), "non-finite exact minimizer"
-    return res, best
 
   exact_s = dict(grid=0.0, single=0.0)
   cvx_s, cvx_n, excess = 0.0, 0, dict(grid=[], single=[])
   for norm in T.NORMS:
-    fn = jax.jit(jax.vmap(lambda mod, e, norm=norm: G.adversarial_minimizer(mod, e, norm)))
     res = {}
-    for kind, (models, eps) in work.items():
-      res[kind], sec = timed(fn, models, jnp.asarray(eps))
+    for kind in work:
+      # Each timing in a fresh process, retried after 5 minutes: on a loaded 2-core
+      # machine the first run of a compiled single-radius batch often never finished
+      # (every thread in a futex wait, 0% CPU; jax 0.10 CPU runtime, cause not found;
+      # with and without OPENBLAS_NUM_THREADS=1), in-process after other batches and
+      # alone in a fresh process.
+      for attempt in range(3):
+        try:
+          out = subprocess.run(
+              [sys.executable, os.path.abspath(__file__), "--general_worker",
+               f"{d},{points},{kind},{norm},{repeats},{m}"],
+              check=True, capture_output=True, text=True, timeout=300).stdout
+          break
+        except subprocess.TimeoutExpired:
+          print(f"general d={d} {kind} {norm}: hung, retry {attempt + 1}")
+      else:
+        raise RuntimeError(f"general d={d} {kind} {norm}: hung 3 times")
+      got = json.loads(out.strip().splitlines()[-1])
+      sec = got["seconds"]
+      res[kind] = np.asarray(got["risk"])
       exact_s[kind] += sec
       print(f"general d={d} {kind:>6} {norm:>4}: {points / sec:12,.0f} minimizers/s")
     # cvxpy, one point at a time: min t^2 + eps^2 (1 - k^2) n^2, t >= s(w) + eps k n(w),
@@ -309,7 +358,7 @@ def general_bench(d, points, baseline_points, repeats):
         cvx_s += time.perf_counter() - t0
         cvx_n += 1
         r_cvx = float(G.adversarial_risk(mod, jnp.asarray(w.value), e, norm))
-        got = res[kind].risk[mi, ei] if kind == "grid" else res[kind].risk[mi]
+        got = res[kind][i]
         excess[kind].append(float(got) / r_cvx - 1.0)
   cvx_per_s = cvx_n / cvx_s
   out = {f"general_d{d}_cvxpy_per_s": cvx_per_s}
