@@ -35,7 +35,6 @@ import subprocess
 import sys
 import time
 
-
 from absl import app
 from absl import flags
 
