@@ -351,6 +351,26 @@ def _select(risks: list[jax.Array], rtol: float = 1e-12) -> tuple[jax.Array, jax
   return best_i, best
 
 
+def _small_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a^{-1} b for a small static size `(n, n)`, `(n, m)`: Gaussian elimination with
+  partial pivoting, unrolled, no LAPACK call. (A batched LAPACK solve inside the
+  homotopy's while loop hung the XLA CPU runtime for batches of 4 or more models at
+  d = 50: every thread in a futex wait, 0% CPU.)"""
+  n = a.shape[0]
+  m = jnp.concatenate([a, b], axis=1)
+  rows = jnp.arange(n)
+  for j in range(n):
+    piv = jnp.argmax(jnp.where(rows >= j, jnp.abs(m[:, j]), -1.0))
+    rj, rp = m[j], m[piv]
+    m = m.at[piv].set(rj).at[j].set(rp)
+    f = jnp.where(rows > j, m[:, j] / m[j, j], 0.0)
+    m = m - f[:, None] * m[j][None, :]
+  x = jnp.zeros_like(b)
+  for j in reversed(range(n)):
+    x = x.at[j].set((m[j, n:] - m[j, :n] @ x) / m[j, j])
+  return x
+
+
 def _woodbury(qinv: jax.Array, idx: jax.Array, new_rows: jax.Array,
               old_rows: jax.Array) -> jax.Array:
   """Inverse of Q + Delta from Qinv, Delta symmetric and nonzero only in rows/cols `idx`.
@@ -368,7 +388,7 @@ def _woodbury(qinv: jax.Array, idx: jax.Array, new_rows: jax.Array,
   eye = jnp.eye(k, dtype=qinv.dtype)
   zero = jnp.zeros((k, k), qinv.dtype)
   c = jnp.block([[zero, eye], [eye, zero]])
-  out = qinv - qu @ jnp.linalg.solve(c + utqu, qu.T)
+  out = qinv - qu @ _small_solve(c + utqu, qu.T)
   return 0.5 * (out + out.T)
 
 
