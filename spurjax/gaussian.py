@@ -26,7 +26,8 @@ and along the path w(mu) the risk decreases while Phi < mu and increases once Ph
 (it is a convex function of the norm budget). The path is computed exactly:
 
   * l2 attack (n = ||.||_2): the ridge path w = (sigma + lam I)^{-1} cross, mu = lam n, from
-    one eigendecomposition of sigma; the multiplier by bisection in lam.
+    one eigendecomposition of sigma (s, n, mu in O(d) per lam), tabulated at 129 fixed
+    nodes; the multiplier is bracketed by the nodes and found by safeguarded Newton.
   * l_inf attack (n = ||.||_1): the lasso homotopy (LARS with the lasso modification):
     piecewise linear in mu with exact breakpoints (a feature joins when its correlation
     |cross_j - sigma_j w| reaches mu, leaves when its weight reaches 0).
@@ -35,15 +36,16 @@ and along the path w(mu) the risk decreases while Phi < mu and increases once Ph
     (zero gradient); a free coordinate joins the cap when |w_i| reaches t, a capped one
     leaves when its share lambda_i = sign_i (cross - sigma w)_i of mu reaches 0.
 
-The homotopies walk from mu_0 = ||cross||_* (w = 0) down to 0 and record every piece;
-this does not depend on eps, so a vmap over eps computes it once per model. For each eps
-the multiplier lies on the first piece whose lower end has Phi >= mu; that linear piece
-w(mu) = p - mu q is re-solved directly (no accumulated round-off from the rank-2k
-Woodbury updates of the path), and 64 bisection steps on the sign of Phi - mu give the
-multiplier to round-off. The answer is the best of the bracket ends, the least-squares
-solution and the origin. A homotopy takes at most `max_steps` breakpoints (static,
-default 4 d + 8); if the multiplier lies beyond them the result is NaN, never a wrong
-finite answer.
+The homotopies walk from mu_0 = ||cross||_* (w = 0) down to 0. Each piece is solved from
+the (Woodbury-updated, rank 2 or 4 per breakpoint) inverse of its system plus one step of
+iterative refinement against the system itself, as w(mu) = p - mu q; along it s(mu)^2 is
+a quadratic and n(mu) linear in mu, kept in closed form. The path does not depend on eps:
+for a grid of radii (`eps` `(m,)`) it is walked once and every piece recorded; each radius
+then finds its piece (the first whose lower end has Phi >= mu) and the multiplier on it
+by 64 bisection steps on the sign of Phi - mu, each O(1). A single radius stops the walk
+at its piece. The answer is the best of the bracket ends, the least-squares solution and
+the origin. A homotopy takes at most `max_steps` breakpoints (static, default 4 d + 8);
+if the multiplier lies beyond them the result is NaN, never a wrong finite answer.
 
 Precision: compute under float64 (`jax.enable_x64(True)`) for round-off accuracy. The
 minimizer needs `sigma` positive definite (otherwise it need not be unique);
@@ -52,7 +54,7 @@ minimizer needs `sigma` positive definite (otherwise it need not be unique);
 gets s = 0 rather than sqrt(round-off)); below `-PSD_RTOL * ||J||` J is rejected.
 
 Everything jits and vmaps (over eps, and over models of one size); the attack norm is
-static. The solver is compiled once per (d, norm).
+static. The solver is compiled once per (d, norm, shape of eps).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ K = theory.K
 Minimizer = theory.Minimizer
 PSD_RTOL = 1e-10  # relative tolerance on the joint covariance's eigenvalues (see above)
 _BISECTION_STEPS = 64
+_NEWTON_RTOL = 1e-10  # relative Newton step after which the ridge multiplier search stops
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -273,6 +276,7 @@ class _Prep(NamedTuple):
   chol: jax.Array    # (d, d) lower Cholesky factor of sigma
   w_ls: jax.Array    # (d,) sigma^{-1} cross
   s_min: jax.Array   # () residual std of w_ls
+  s_zero: jax.Array  # () residual std of w = 0 (sqrt(var_y), as a sum of squares)
 
 
 def _prepare(sigma: jax.Array, cross: jax.Array, var_y: jax.Array) -> _Prep:
@@ -280,7 +284,9 @@ def _prepare(sigma: jax.Array, cross: jax.Array, var_y: jax.Array) -> _Prep:
   w_ls = jax.scipy.linalg.cho_solve((chol, True), cross)
   b = _joint_factor(sigma, cross, var_y)
   s_min = theory._safe_l2(b.T @ jnp.concatenate([w_ls, -jnp.ones((1,), w_ls.dtype)]))
-  return _Prep(sigma, cross, var_y, chol, w_ls, s_min)
+  r = chol.T @ w_ls
+  return _Prep(sigma, cross, var_y, chol, w_ls, s_min,
+               theory._safe_sqrt(s_min**2 + jnp.sum(r * r)))
 
 
 def _s_of(prep: _Prep, w: jax.Array) -> jax.Array:
@@ -298,16 +304,72 @@ def _bisect(too_small, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Arr
   return jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
 
 
-def _best(cands: list[jax.Array], risk, rtol: float = 1e-12) -> tuple[jax.Array, jax.Array]:
-  """The candidate with the smallest risk, earlier ones preferred on round-off ties."""
-  best_w = cands[0]
-  best = risk(best_w)
-  for w in cands[1:]:
-    val = risk(w)
+def _newton_root(f, lo: jax.Array, hi: jax.Array,
+                 x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Sign change of a smooth scalar f in [lo, hi] (f < 0 moves lo up), from x in it:
+  Newton steps, a bisection step whenever Newton leaves the bracket.
+
+  `f(x)` returns `(value, scale)`, scale the size of the terms whose difference is the
+  value. Stops once a Newton step is below `_NEWTON_RTOL` relative (quadratic
+  convergence leaves an error ~ step^2 after it), |value| is below 16 ulp of scale
+  (round-off: the sign carries no more information) or the bracket is below 4 ulp, after
+  at most `_BISECTION_STEPS` iterations. Returns `(lo, hi, x)`, x the last iterate.
+  """
+  tiny = jnp.finfo(lo.dtype).tiny
+  ulp = jnp.finfo(lo.dtype).eps
+
+  def cond(st):
+    lo, hi, x, dx, noise, it = st
+    return ((it < _BISECTION_STEPS) & (jnp.abs(dx) > _NEWTON_RTOL * jnp.abs(x) + tiny)
+            & ~noise & (hi - lo > 4 * ulp * jnp.abs(hi)))
+
+  def body(st):
+    lo, hi, x, _, _, it = st
+    (fx, scale), (dfx, _) = jax.jvp(f, (x,), (jnp.ones_like(x),))
+    up = fx < 0
+    lo, hi = jnp.where(up, x, lo), jnp.where(up, hi, x)
+    ok = jnp.isfinite(fx) & (dfx != 0)
+    xn = x - fx / jnp.where(ok, dfx, 1.0)
+    xn = jnp.where(ok & (xn > lo) & (xn < hi), xn, 0.5 * (lo + hi))
+    noise = jnp.abs(fx) <= 16 * ulp * scale
+    return lo, hi, jnp.where(noise, x, xn), xn - x, noise, it + 1
+
+  st = (lo, hi, x, jnp.full_like(x, jnp.inf), jnp.zeros(jnp.shape(x), bool),
+        jnp.zeros((), jnp.int32))
+  lo, hi, x, _, _, _ = jax.lax.while_loop(cond, body, st)
+  return lo, hi, x
+
+
+def _select(risks: list[jax.Array], rtol: float = 1e-12) -> tuple[jax.Array, jax.Array]:
+  """Index and value of the smallest risk, earlier candidates preferred on round-off ties
+  (the structured ones, least squares and the origin, come first)."""
+  best_i = jnp.zeros((), jnp.int32)
+  best = risks[0]
+  for i, val in enumerate(risks[1:], 1):
     better = val < best - rtol * jnp.abs(best) - 1e-300
     best = jnp.where(better, val, best)
-    best_w = jnp.where(better, w, best_w)
-  return best_w, best
+    best_i = jnp.where(better, i, best_i)
+  return best_i, best
+
+
+def _small_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a^{-1} b for a small static size `(n, n)`, `(n, m)`: Gaussian elimination with
+  partial pivoting, unrolled, no LAPACK call. (A batched LAPACK solve inside the
+  homotopy's while loop hung the XLA CPU runtime for batches of 4 or more models at
+  d = 50: every thread in a futex wait, 0% CPU.)"""
+  n = a.shape[0]
+  m = jnp.concatenate([a, b], axis=1)
+  rows = jnp.arange(n)
+  for j in range(n):
+    piv = jnp.argmax(jnp.where(rows >= j, jnp.abs(m[:, j]), -1.0))
+    rj, rp = m[j], m[piv]
+    m = m.at[piv].set(rj).at[j].set(rp)
+    f = jnp.where(rows > j, m[:, j] / m[j, j], 0.0)
+    m = m - f[:, None] * m[j][None, :]
+  x = jnp.zeros_like(b)
+  for j in reversed(range(n)):
+    x = x.at[j].set((m[j, n:] - m[j, :n] @ x) / m[j, j])
+  return x
 
 
 def _woodbury(qinv: jax.Array, idx: jax.Array, new_rows: jax.Array,
@@ -315,47 +377,69 @@ def _woodbury(qinv: jax.Array, idx: jax.Array, new_rows: jax.Array,
   """Inverse of Q + Delta from Qinv, Delta symmetric and nonzero only in rows/cols `idx`.
 
   With R = Delta[idx, :] `(k, m)` and E = I[:, idx]: Delta = E G^T + G E^T,
-  G = R^T - E Delta[idx, idx] / 2, a rank-2k update (Woodbury, O(k m^2)).
+  G = R^T - E Delta[idx, idx] / 2, a rank-2k update (Woodbury, O(k m^2)):
+  (Q + U C U^T)^{-1} = Qinv - Qinv U (C + U^T Qinv U)^{-1} U^T Qinv, U = [E, G],
+  C = [[0, I], [I, 0]] (its own inverse).
   """
-  m, k = qinv.shape[0], idx.shape[0]
+  k = idx.shape[0]
   r = new_rows - old_rows
-  e = jax.nn.one_hot(idx, m, dtype=qinv.dtype).T          # (m, k)
-  g = r.T - 0.5 * e @ r[:, idx]
-  u = jnp.concatenate([e, g], axis=1)                     # (m, 2k)
+  g = r.T - 0.5 * jax.nn.one_hot(idx, qinv.shape[0], dtype=qinv.dtype).T @ r[:, idx]
+  qu = jnp.concatenate([qinv[:, idx], qinv @ g], axis=1)           # Qinv U  (m, 2k)
+  utqu = jnp.concatenate([qu[idx], g.T @ qu], axis=0)              # U^T Qinv U
   eye = jnp.eye(k, dtype=qinv.dtype)
   zero = jnp.zeros((k, k), qinv.dtype)
-  c = jnp.block([[zero, eye], [eye, zero]])               # its own inverse
-  qu = qinv @ u
-  out = qinv - qu @ jnp.linalg.solve(c + u.T @ qu, qu.T)
+  c = jnp.block([[zero, eye], [eye, zero]])
+  out = qinv - qu @ _small_solve(c + utqu, qu.T)
   return 0.5 * (out + out.T)
 
 
-class _Path(NamedTuple):
-  """The pieces of a piecewise-linear homotopy, top (mu_0) first; `(K,)` / `(K, d)`.
+def _refined_solve(qinv: jax.Array, qmv, rhs: jax.Array, mask) -> jax.Array:
+  """x = Q^{-1} rhs from an approximate inverse (the Woodbury-updated one) and one step of
+  iterative refinement against Q itself (`qmv`: x -> Q x): the round-off the updates
+  accumulate along the path enters squared, so every piece is as accurate as a fresh
+  solve. `mask` zeroes the coordinates that are exactly 0 by structure."""
+  x = mask(qinv @ rhs)
+  return mask(x + qinv @ (rhs - qmv(x)))
 
-  Piece k spans mu in [lo[k], hi[k]]; at its lower end s = s_lo[k], n = n_lo[k]; its
-  active set (lasso) or free set (l_inf penalty) is `mask[k]`, its signs `sgn[k]`.
-  Nothing here depends on eps: under vmap over eps the path is computed once."""
-  mu0: jax.Array
+
+class _Piece(NamedTuple):
+  """One linear piece of a homotopy: w(mu) = p - mu q for mu in [lo, hi], along which
+  s(mu)^2 = e2 + (mu - m) (a2 (mu - m) - 2 c1) (e2 = s^2 at mu = m, the point of least s;
+  expanded about it, no cancellation as s -> 0) and n(mu) = n0 - mu n1 (the dual norm is
+  linear while signs and the active / free set are fixed). Leaves `()` or `(d,)`; a
+  recorded path stacks them to `(K,)` / `(K, d)`."""
   hi: jax.Array
   lo: jax.Array
-  s_lo: jax.Array
-  n_lo: jax.Array
-  mask: jax.Array
-  sgn: jax.Array
-  count: jax.Array  # pieces recorded
+  p: jax.Array
+  q: jax.Array
+  m: jax.Array
+  e2: jax.Array
+  c1: jax.Array
+  a2: jax.Array
+  n0: jax.Array
+  n1: jax.Array
+
+  def s(self, mu: jax.Array) -> jax.Array:
+    t = mu - self.m
+    return theory._safe_sqrt(self.e2 + t * (self.a2 * t - 2.0 * self.c1))
+
+  def n(self, mu: jax.Array) -> jax.Array:
+    return jnp.maximum(self.n0 - mu * self.n1, 0.0)
 
 
-def _empty_path(mu0: jax.Array, k: int, d: int, dtype: Any) -> _Path:
-  z = jnp.zeros((k,), dtype)
-  return _Path(mu0, z, z, z, z, jnp.zeros((k, d), bool), jnp.zeros((k, d), dtype),
-               jnp.zeros((), jnp.int32))
+def _make_piece(prep: _Prep, hi, lo, p, q, n0, n1) -> _Piece:
+  r = prep.chol.T @ jnp.stack([p - prep.w_ls, q], axis=1)   # s^2 = s_min^2 + |r0 - mu r1|^2
+  r0, r1 = r[:, 0], r[:, 1]
+  a2 = jnp.sum(r1 * r1)
+  m = jnp.where(a2 > 0, jnp.sum(r0 * r1) / jnp.where(a2 > 0, a2, 1.0), 0.0)
+  e = r0 - m * r1
+  return _Piece(hi, lo, p, q, m, prep.s_min**2 + jnp.sum(e * e), jnp.sum(e * r1), a2, n0, n1)
 
 
-def _record(path: _Path, k: jax.Array, hi, lo, s_lo, n_lo, mask, sgn) -> _Path:
-  return _Path(path.mu0, path.hi.at[k].set(hi), path.lo.at[k].set(lo),
-               path.s_lo.at[k].set(s_lo), path.n_lo.at[k].set(n_lo),
-               path.mask.at[k].set(mask), path.sgn.at[k].set(sgn), k + 1)
+def _empty_piece(d: int, dtype: Any, shape: tuple[int, ...] = ()) -> _Piece:
+  z = jnp.zeros(shape, dtype)
+  v = jnp.zeros(shape + (d,), dtype)
+  return _Piece(z, z, v, v, z, z, z, z, z, z)
 
 
 def _mu_floor(mu0: jax.Array) -> jax.Array:
@@ -365,224 +449,342 @@ def _mu_floor(mu0: jax.Array) -> jax.Array:
   return 1e3 * jnp.finfo(mu0.dtype).eps * mu0
 
 
-def _lasso_path(prep: _Prep, max_steps: int) -> _Path:
+# The homotopies. Each step solves the current piece (its active / free set fixed) from
+# scratch up to the approximate inverse, finds the next breakpoint, emits the piece and
+# moves the set across the breakpoint with a Woodbury update of the inverse.
+
+
+def _lasso_init(prep: _Prep) -> tuple[jax.Array, dict]:
   """Lasso homotopy for argmin 1/2 s^2 + mu ||w||_1 from mu_0 = ||cross||_inf to 0."""
   sigma, c = prep.sigma, prep.cross
   d = c.shape[0]
-  idx = jnp.arange(d)
   mu0 = jnp.max(jnp.abs(c))
-  floor = _mu_floor(mu0)
   j0 = jnp.argmax(jnp.abs(c))
-  active = idx == j0
-  sign = jnp.where(active, jnp.sign(c), 0.0)
-  qinv = jnp.eye(d, dtype=c.dtype).at[j0, j0].set(1.0 / sigma[j0, j0])
-  w = jnp.zeros_like(c)
-
-  def q_rows(act, i):  # row i of the padded matrix: sigma on the active block, I elsewhere
-    return jnp.where(act[i], jnp.where(act, sigma[i], 0.0), (idx == i).astype(c.dtype))
-
-  def cond(st):
-    return (st["step"] < max_steps) & (st["mu"] > 0)
-
-  def body(st):
-    mu, w, act, sgn, qinv = st["mu"], st["w"], st["act"], st["sgn"], st["qinv"]
-    dz = qinv @ sgn                     # dw / d(-mu) on the active set, 0 elsewhere
-    g = c - sigma @ w
-    a = sigma @ dz                      # g(delta) = g - delta a
-    inf = jnp.inf
-    # A just-dropped feature sits at |g_j| = mu: it may not rejoin on the side it left.
-    dropped = idx == st["last_drop"]
-    ok_p = (1.0 - a > 0) & ~(dropped & (st["drop_sign"] > 0))
-    ok_m = (1.0 + a > 0) & ~(dropped & (st["drop_sign"] < 0))
-    dp = jnp.where(ok_p, (mu - g) / jnp.where(ok_p, 1.0 - a, 1.0), inf)
-    dm = jnp.where(ok_m, (mu + g) / jnp.where(ok_m, 1.0 + a, 1.0), inf)
-    dj = jnp.where(~act, jnp.maximum(jnp.minimum(dp, dm), 0.0), inf)
-    rate = sgn * dz
-    can_drop = act & (idx != st["last_add"]) & (rate < 0)
-    dd = jnp.where(can_drop, jnp.maximum(sgn * w, 0.0) / jnp.where(can_drop, -rate, 1.0), inf)
-    j, i = jnp.argmin(dj), jnp.argmin(dd)
-    delta = jnp.minimum(jnp.minimum(dj[j], dd[i]), mu)
-    delta = jnp.where(mu - delta <= floor, mu, delta)  # see _mu_floor
-    mu_new = mu - delta
-    w_new = w + delta * dz
-    rec = _record(st["rec"], st["step"], mu, mu_new, _s_of(prep, w_new),
-                  jnp.sum(jnp.abs(w_new)), act, sgn)
-    join = dj[j] <= dd[i]
-    k = jnp.where(join, j, i)
-    act_new = act.at[k].set(join)
-    g_k = g[k] - delta * a[k]
-    sgn_new = sgn.at[k].set(jnp.where(join, jnp.sign(g_k), 0.0))
-    w_new2 = w_new.at[k].set(jnp.where(join, w_new[k], 0.0))
-    kk = k[None]
-    qinv_new = _woodbury(qinv, kk, q_rows(act_new, k)[None], q_rows(act, k)[None])
-    return dict(
-        step=st["step"] + 1, mu=mu_new, w=w_new2, act=act_new, sgn=sgn_new, qinv=qinv_new,
-        last_add=jnp.where(join, k, -1), last_drop=jnp.where(join, -1, k),
-        drop_sign=sgn[k], rec=rec)
-
-  st = dict(step=jnp.zeros((), jnp.int32), mu=mu0, w=w, act=active,
-            sgn=sign, qinv=qinv, last_add=j0, last_drop=jnp.asarray(-1, j0.dtype),
-            drop_sign=jnp.zeros((), c.dtype), rec=_empty_path(mu0, max_steps, d, c.dtype))
-  return jax.lax.while_loop(cond, body, st)["rec"]
+  act = jnp.arange(d) == j0
+  st = dict(mu=mu0, act=act, sgn=jnp.where(act, jnp.sign(c), 0.0),
+            qinv=jnp.eye(d, dtype=c.dtype).at[j0, j0].set(1.0 / sigma[j0, j0]),
+            last_add=j0, last_drop=jnp.asarray(-1, j0.dtype), drop_sign=jnp.zeros((), c.dtype))
+  return mu0, st
 
 
-def _lasso_solve_piece(prep: _Prep, mask: jax.Array, sgn: jax.Array):
-  """The lasso piece w(mu) = M^{-1} (c_A - mu sign_A) = p - mu q, solved directly."""
+def _lasso_step(prep: _Prep, floor: jax.Array, st: dict) -> tuple[dict, _Piece]:
   sigma, c = prep.sigma, prep.cross
-  m = jnp.where(mask[:, None] & mask[None, :], sigma, 0.0) + jnp.diag(jnp.where(mask, 0.0, 1.0))
-  pq = jnp.linalg.solve(m, jnp.stack([jnp.where(mask, c, 0.0), sgn], axis=1))
-  return pq[:, 0], pq[:, 1]
+  d = c.shape[0]
+  idx = jnp.arange(d)
+  mu, act, sgn, qinv = st["mu"], st["act"], st["sgn"], st["qinv"]
+  # The piece: sigma_AA w_A = c_A - mu sgn_A, i.e. Q [p q] = [c_A sgn] with Q = sigma on
+  # the active block and the identity elsewhere.
+  mask = lambda x: jnp.where(act[:, None], x, 0.0)
+  qmv = lambda x: jnp.where(act[:, None], sigma @ x, x)
+  pq = _refined_solve(qinv, qmv, jnp.stack([jnp.where(act, c, 0.0), sgn], axis=1), mask)
+  p, dz = pq[:, 0], pq[:, 1]          # w(mu) = p - mu dz: dz = dw / d(-mu)
+  sp = sigma @ pq
+  a = sp[:, 1]                        # g(mu - delta) = g - delta a
+  g = c - sp[:, 0] + mu * a           # correlations c - sigma w at mu
+  w = p - mu * dz
+  inf = jnp.inf
+  # A just-dropped feature sits at |g_j| = mu: it may not rejoin on the side it left.
+  dropped = idx == st["last_drop"]
+  ok_p = (1.0 - a > 0) & ~(dropped & (st["drop_sign"] > 0))
+  ok_m = (1.0 + a > 0) & ~(dropped & (st["drop_sign"] < 0))
+  dp = jnp.where(ok_p, (mu - g) / jnp.where(ok_p, 1.0 - a, 1.0), inf)
+  dm = jnp.where(ok_m, (mu + g) / jnp.where(ok_m, 1.0 + a, 1.0), inf)
+  dj = jnp.where(~act, jnp.maximum(jnp.minimum(dp, dm), 0.0), inf)
+  rate = sgn * dz
+  can_drop = act & (idx != st["last_add"]) & (rate < 0)
+  dd = jnp.where(can_drop, jnp.maximum(sgn * w, 0.0) / jnp.where(can_drop, -rate, 1.0), inf)
+  j, i = jnp.argmin(dj), jnp.argmin(dd)
+  delta = jnp.minimum(jnp.minimum(dj[j], dd[i]), mu)
+  delta = jnp.where(mu - delta <= floor, mu, delta)  # see _mu_floor
+  mu_new = mu - delta
+  piece = _make_piece(prep, mu, mu_new, p, dz, sgn @ p, sgn @ dz)
+  join = dj[j] <= dd[i]
+  k = jnp.where(join, j, i)
+  act_new = act.at[k].set(join)
+  g_k = g[k] - delta * a[k]
+  sgn_new = sgn.at[k].set(jnp.where(join, jnp.sign(g_k), 0.0))
+
+  def q_row(act):  # row k of Q
+    return jnp.where(act[k], jnp.where(act, sigma[k], 0.0), (idx == k).astype(c.dtype))
+
+  qinv_new = _woodbury(qinv, k[None], q_row(act_new)[None], q_row(act)[None])
+  return dict(mu=mu_new, act=act_new, sgn=sgn_new, qinv=qinv_new,
+              last_add=jnp.where(join, k, -1), last_drop=jnp.where(join, -1, k),
+              drop_sign=sgn[k]), piece
 
 
-def _linf_q(sigma: jax.Array, free: jax.Array, sc: jax.Array) -> jax.Array:
-  """Padded reduced Gram matrix `(d + 1, d + 1)` of the basis [e_i (i free), sc]."""
+def _linf_rows(sigma: jax.Array, free: jax.Array, sc: jax.Array, k: jax.Array) -> jax.Array:
+  """Rows k and d `(2, d + 1)` of the padded reduced Gram matrix Q of the basis
+  [e_i (i free), sc] (see `_linf_init`)."""
+  d = sc.shape[0]
   sv = sigma @ sc
-  top = jnp.where(free[:, None] & free[None, :], sigma, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
-  col = jnp.where(free, sv, 0.0)
   tt = sc @ sv
   tt = jnp.where(tt > 0, tt, 1.0)  # only when cross = 0 (then w = 0 at every mu)
-  return jnp.block([[top, col[:, None]], [col[None, :], tt[None, None]]])
+  row_k = jnp.where(free[k], jnp.concatenate([jnp.where(free, sigma[k], 0.0), sv[k][None]]),
+                    jax.nn.one_hot(k, d + 1, dtype=sigma.dtype))
+  row_t = jnp.concatenate([jnp.where(free, sv, 0.0), tt[None]])
+  return jnp.stack([row_k, row_t])
 
 
-def _linf_path(prep: _Prep, max_steps: int) -> _Path:
+def _linf_init(prep: _Prep) -> tuple[jax.Array, dict]:
   """l_inf-penalty homotopy for argmin 1/2 s^2 + mu ||w||_inf from mu_0 = ||cross||_1 to 0.
-  Unknowns: the free weights w_F and the cap t; w = w_F + t sc (sc: signs on C)."""
+  Unknowns z = (w_F, t): the free weights and the cap; w = w_F + t sc (sc: signs on the
+  capped set C). Q is `(d + 1, d + 1)`: [[sigma_FF, sigma_F. sc], [., sc^T sigma sc]] on
+  the free block and the last slot, the identity elsewhere."""
+  sigma, c = prep.sigma, prep.cross
+  d = c.shape[0]
+  mu0 = jnp.sum(jnp.abs(c))
+  free = c == 0
+  sc = jnp.sign(c)
+  sv = sigma @ sc
+  tt = sc @ sv
+  top = (jnp.where(free[:, None] & free[None, :], sigma, 0.0)
+         + jnp.diag(jnp.where(free, 0.0, 1.0)))
+  col = jnp.where(free, sv, 0.0)
+  q = jnp.block([[top, col[:, None]], [col[None, :], jnp.where(tt > 0, tt, 1.0)[None, None]]])
+  minus1 = jnp.asarray(-1, jnp.argmax(c).dtype)
+  st = dict(mu=mu0, free=free, sc=sc, qinv=jnp.linalg.inv(q), last_add=minus1,
+            last_drop=minus1, drop_sign=jnp.zeros((), c.dtype))
+  return mu0, st
+
+
+def _linf_step(prep: _Prep, floor: jax.Array, st: dict) -> tuple[dict, _Piece]:
   sigma, c = prep.sigma, prep.cross
   d = c.shape[0]
   idx = jnp.arange(d)
-  mu0 = jnp.sum(jnp.abs(c))
-  floor = _mu_floor(mu0)
-  free = c == 0
-  sc = jnp.sign(c)
-  qinv = jnp.linalg.inv(_linf_q(sigma, free, sc))
-  tslot = jnp.asarray(d)
+  mu, free, sc, qinv = st["mu"], st["free"], st["sc"], st["qinv"]
+  tt_pos = sc @ (sigma @ sc) > 0
 
-  def cond(st):
-    return (st["step"] < max_steps) & (st["mu"] > 0)
+  def expand(z):  # (d + 1, 2) -> w (d, 2)
+    return jnp.where(free[:, None], z[:d], 0.0) + z[d][None, :] * sc[:, None]
 
-  def body(st):
-    mu, w, t, free, sc, qinv = st["mu"], st["w"], st["t"], st["free"], st["sc"], st["qinv"]
-    dz = qinv[:, d]                     # dz / d(-mu)
-    dt = dz[d]
-    dw = jnp.where(free, dz[:d], 0.0) + dt * sc
-    g = c - sigma @ w
-    a = sigma @ dw                      # g(delta) = g - delta a
-    inf = jnp.inf
-    lam = sc * g                        # mu's share on each capped coordinate
-    rate = -sc * a
-    can_drop = ~free & (idx != st["last_add"]) & (rate < 0)
-    dd = jnp.where(can_drop, jnp.maximum(lam, 0.0) / jnp.where(can_drop, -rate, 1.0), inf)
-    # A just-released coordinate sits at |w_i| = t: it may not rejoin on the side it left.
-    dropped = idx == st["last_drop"]
-    up = (dw - dt > 0) & ~(dropped & (st["drop_sign"] > 0))
-    dn = (-dw - dt > 0) & ~(dropped & (st["drop_sign"] < 0))
-    d1 = jnp.where(up, (t - w) / jnp.where(up, dw - dt, 1.0), inf)
-    d2 = jnp.where(dn, (t + w) / jnp.where(dn, -dw - dt, 1.0), inf)
-    dj = jnp.where(free, jnp.maximum(jnp.minimum(d1, d2), 0.0), inf)
-    j, i = jnp.argmin(dj), jnp.argmin(dd)
-    delta = jnp.minimum(jnp.minimum(dj[j], dd[i]), mu)
-    delta = jnp.where(mu - delta <= floor, mu, delta)  # see _mu_floor
-    mu_new = mu - delta
-    w_new = w + delta * dw
-    t_new = t + delta * dt
-    rec = _record(st["rec"], st["step"], mu, mu_new, _s_of(prep, w_new), t_new, free, sc)
-    join = dj[j] <= dd[i]
-    k = jnp.where(join, j, i)
-    s_k = jnp.where(w_new[k] >= 0, 1.0, -1.0)
-    free_new = free.at[k].set(~join)
-    sc_new = sc.at[k].set(jnp.where(join, s_k, 0.0))
-    w_new2 = w_new.at[k].set(jnp.where(join, s_k * t_new, w_new[k]))
-    rows = jnp.stack([k, tslot])
-    q_old, q_new = _linf_q(sigma, free, sc), _linf_q(sigma, free_new, sc_new)
-    qinv_new = _woodbury(qinv, rows, q_new[rows], q_old[rows])
-    return dict(
-        step=st["step"] + 1, mu=mu_new, w=w_new2, t=t_new, free=free_new, sc=sc_new,
-        qinv=qinv_new, last_add=jnp.where(join, k, -1), last_drop=jnp.where(join, -1, k),
-        drop_sign=sc[k], rec=rec)
+  def qmv(z):
+    sw = sigma @ expand(z)
+    top = jnp.where(free[:, None], sw, z[:d])
+    last = sc @ sw + jnp.where(tt_pos, 0.0, z[d])
+    return jnp.concatenate([top, last[None]], axis=0)
 
-  minus1 = jnp.asarray(-1, jnp.argmax(c).dtype)
-  st = dict(step=jnp.zeros((), jnp.int32), mu=mu0, w=jnp.zeros_like(c),
-            t=jnp.zeros((), c.dtype), free=free, sc=sc, qinv=qinv, last_add=minus1,
-            last_drop=minus1, drop_sign=jnp.zeros((), c.dtype),
-            rec=_empty_path(mu0, max_steps, d, c.dtype))
-  return jax.lax.while_loop(cond, body, st)["rec"]
-
-
-def _linf_solve_piece(prep: _Prep, free: jax.Array, sc: jax.Array):
-  """The l_inf-penalty piece w(mu) = p - mu q (w = w_F + t sc), solved directly."""
-  sigma, c = prep.sigma, prep.cross
-  d = c.shape[0]
-  q = _linf_q(sigma, free, sc)
+  mask = lambda z: jnp.concatenate([jnp.where(free[:, None], z[:d], 0.0), z[d:]], axis=0)
   rhs = jnp.stack([jnp.concatenate([jnp.where(free, c, 0.0), (sc @ c)[None]]),
-                   jnp.zeros((d + 1,), c.dtype).at[d].set(1.0)], axis=1)
-  pq = jnp.linalg.solve(q, rhs)
+                   jax.nn.one_hot(d, d + 1, dtype=c.dtype)], axis=1)
+  z = _refined_solve(qinv, qmv, rhs, mask)
+  pw = expand(z)
+  p, dw = pw[:, 0], pw[:, 1]          # w(mu) = p - mu dw, t(mu) = z_p[d] - mu dt
+  dt = z[d, 1]
+  sp = sigma @ pw
+  a = sp[:, 1]                        # g(mu - delta) = g - delta a
+  g = c - sp[:, 0] + mu * a
+  w = p - mu * dw
+  t = z[d, 0] - mu * dt
+  inf = jnp.inf
+  lam = sc * g                        # mu's share on each capped coordinate
+  rate = -sc * a
+  can_drop = ~free & (idx != st["last_add"]) & (rate < 0)
+  dd = jnp.where(can_drop, jnp.maximum(lam, 0.0) / jnp.where(can_drop, -rate, 1.0), inf)
+  # A just-released coordinate sits at |w_i| = t: it may not rejoin on the side it left.
+  dropped = idx == st["last_drop"]
+  up = (dw - dt > 0) & ~(dropped & (st["drop_sign"] > 0))
+  dn = (-dw - dt > 0) & ~(dropped & (st["drop_sign"] < 0))
+  d1 = jnp.where(up, (t - w) / jnp.where(up, dw - dt, 1.0), inf)
+  d2 = jnp.where(dn, (t + w) / jnp.where(dn, -dw - dt, 1.0), inf)
+  dj = jnp.where(free, jnp.maximum(jnp.minimum(d1, d2), 0.0), inf)
+  j, i = jnp.argmin(dj), jnp.argmin(dd)
+  delta = jnp.minimum(jnp.minimum(dj[j], dd[i]), mu)
+  delta = jnp.where(mu - delta <= floor, mu, delta)  # see _mu_floor
+  mu_new = mu - delta
+  piece = _make_piece(prep, mu, mu_new, p, dw, z[d, 0], dt)
+  join = dj[j] <= dd[i]
+  k = jnp.where(join, j, i)
+  w_k = w[k] + delta * dw[k]
+  s_k = jnp.where(w_k >= 0, 1.0, -1.0)
+  free_new = free.at[k].set(~join)
+  sc_new = sc.at[k].set(jnp.where(join, s_k, 0.0))
+  rows = jnp.stack([k, jnp.asarray(d, k.dtype)])
+  qinv_new = _woodbury(qinv, rows, _linf_rows(sigma, free_new, sc_new, k),
+                       _linf_rows(sigma, free, sc, k))
+  return dict(mu=mu_new, free=free_new, sc=sc_new, qinv=qinv_new,
+              last_add=jnp.where(join, k, -1), last_drop=jnp.where(join, -1, k),
+              drop_sign=sc[k]), piece
 
-  def expand(z):
-    return jnp.where(free, z[:d], 0.0) + z[d] * sc
 
-  return expand(pq[:, 0]), expand(pq[:, 1])
+def _homotopy(prep: _Prep, norm: str, max_steps: int, eps: jax.Array | None = None):
+  """Walks the homotopy of `norm` from mu_0 down.
+
+  eps None: records every piece, `(_Piece` with leaves `(K,)` / `(K, d)`, count`)` with
+  K = max_steps; nothing depends on eps. eps given `()`: stops at the first piece whose
+  lower end has Phi(s, n) >= mu (the piece holding the multiplier) and returns
+  `(piece, found)`; found is also True when no piece is needed (collapse: Phi >= mu_0
+  already at w = 0; eps = 0: least squares), False when `max_steps` ran out first.
+  """
+  init, step = (_lasso_init, _lasso_step) if norm == "linf" else (_linf_init, _linf_step)
+  mu0, st = init(prep)
+  floor = _mu_floor(mu0)
+  d, dtype = prep.cross.shape[0], prep.cross.dtype
+  zero_step = jnp.zeros((), jnp.int32)
+
+  if eps is None:
+    def body(carry):
+      n, st, rec = carry
+      st, piece = step(prep, floor, st)
+      rec = jax.tree.map(lambda buf, x: buf.at[n].set(x), rec, piece)
+      return n + 1, st, rec
+
+    carry = (zero_step, st, _empty_piece(d, dtype, (max_steps,)))
+    n, _, rec = jax.lax.while_loop(
+        lambda c: (c[0] < max_steps) & (c[1]["mu"] > 0), body, carry)
+    return mu0, rec, n
+
+  def body(carry):
+    n, st, _, _ = carry
+    st, piece = step(prep, floor, st)
+    hit = theory._phi(piece.s(piece.lo), piece.n(piece.lo), eps) >= piece.lo
+    return n + 1, st, piece, hit
+
+  done = (eps * K * jnp.sqrt(prep.var_y) >= mu0) | (eps == 0)
+  carry = (zero_step, st, _empty_piece(d, dtype), done)
+  _, _, piece, found = jax.lax.while_loop(
+      lambda c: (c[0] < max_steps) & (c[1]["mu"] > 0) & ~c[3], body, carry)
+  return mu0, piece, found
+
+
+def _on_piece(prep: _Prep, piece: _Piece, eps: jax.Array, use: jax.Array):
+  """The multiplier on one piece (64 bisection steps on the sign of Phi - mu, O(1) each),
+  then the best of least squares, the origin and the bracket ends: `(w (d,), risk ())`.
+  `use` False: the piece is not needed (collapse, eps = 0), its ends are not candidates."""
+  def too_small(mu):
+    return mu < theory._phi(piece.s(mu), piece.n(mu), eps)
+
+  lo, hi = _bisect(too_small, piece.lo, piece.hi)
+  risk = lambda s, n: theory._risk_from(s, n, eps)
+  inf = jnp.asarray(jnp.inf, eps.dtype)
+  ends = [jnp.where(use, risk(piece.s(mu), piece.n(mu)), inf) for mu in (lo, hi)]
+  return lo, hi, ends
+
+
+def _finish(prep: _Prep, norm: str, piece: _Piece, eps: jax.Array, use: jax.Array,
+            ok: jax.Array) -> tuple[jax.Array, jax.Array]:
+  lo, hi, ends = _on_piece(prep, piece, eps, use)
+  r_ls = theory._risk_from(prep.s_min, _dual_norm(prep.w_ls, norm), eps)
+  r_0 = theory._risk_from(prep.s_zero, jnp.zeros_like(eps), eps)
+  i, r = _select([r_ls, r_0] + ends)
+  mu = jnp.where(i == 2, lo, hi)
+  w = jnp.where(i == 0, prep.w_ls, jnp.where(i == 1, 0.0, piece.p - mu * piece.q))
+  ok = ok | (eps == 0)  # eps = 0: the least-squares solution, whatever the homotopy did
+  return jnp.where(ok, w, jnp.nan), jnp.where(ok, r, jnp.nan)
+
+
+def _ridge_nodes(dtype: Any) -> jax.Array:
+  """`(129,)` nodes in u = lam / (lam + scale), [0, 1]: 0, then geometric from 1e-19 to
+  1/2, then 1 - u geometric from 1/2 to 10^-15.5, then 1 (both tails, where the
+  multiplier of a small radius and of a radius near collapse lie, are resolved)."""
+  head = np.logspace(-19.0, np.log10(0.5), 80)
+  tail = 1.0 - np.logspace(np.log10(0.5), -15.5, 48)[1:]
+  return jnp.asarray(np.r_[0.0, head, tail, 1.0], dtype)
+
+
+class _Ridge(NamedTuple):
+  """The ridge path of one model in sigma's eigenbasis, and tabulated at `_ridge_nodes`
+  (nothing here depends on eps: a grid of radii shares it)."""
+  lam_e: jax.Array  # (d,) eigenvalues of sigma, ascending
+  vec: jax.Array    # (d, d) eigenvectors
+  ct: jax.Array     # (d,) vec^T cross
+  nodes: jax.Array  # (G,) u at the nodes
+  s: jax.Array      # (G,) s at the nodes
+  n: jax.Array      # (G,) ||w||_2 at the nodes
+  lam_n: jax.Array  # (G,) mu = lam ||w||_2 at the nodes
+
+
+def _ridge_coords(r: _Ridge, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """w in the eigenbasis at lam = scale u / (1 - u), and lam / (e + lam)."""
+  scale = r.lam_e[-1]
+  t = 1.0 - u
+  den = r.lam_e * t + scale * u
+  return r.ct * t / den, r.ct * scale * u / den
+
+
+def _ridge_s_n_mu(prep: _Prep, r: _Ridge, u: jax.Array):
+  """(s, n, mu) on the ridge path at u, O(d): s^2 = s_min^2 + sum c_i^2 lam^2 /
+  (e_i (e_i + lam)^2), n = ||w||_2, mu = lam n."""
+  wt, shrink = _ridge_coords(r, u)
+  scale = r.lam_e[-1]
+  return (theory._safe_sqrt(prep.s_min**2 + jnp.sum(shrink * shrink / r.lam_e)),
+          theory._safe_l2(wt),
+          scale * u * theory._safe_l2(r.ct / (r.lam_e * (1.0 - u) + scale * u)))
+
+
+def _ridge_path(prep: _Prep) -> _Ridge:
+  lam_e, vec = jnp.linalg.eigh(prep.sigma)
+  nodes = _ridge_nodes(prep.sigma.dtype)
+  r = _Ridge(lam_e, vec, vec.T @ prep.cross, nodes, nodes, nodes, nodes)
+  s, n, lam_n = jax.vmap(lambda u: _ridge_s_n_mu(prep, r, u))(nodes)
+  return r._replace(s=s, n=n, lam_n=lam_n)
+
+
+def _ridge(prep: _Prep, r: _Ridge, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """l2 attack: on the ridge path w = (sigma + lam I)^{-1} cross, mu = lam ||w||, the sign
+  change of f = mu - Phi(s, n): bracketed between the first node (after u = 0) with
+  f >= 0 and the node before it, then safeguarded Newton from the secant point; the best
+  of least squares, the origin, the bracket ends and the last iterate."""
+  def f(u):
+    s, n, mu = _ridge_s_n_mu(prep, r, u)
+    phi = theory._phi(s, n, eps)
+    return mu - phi, mu + phi
+
+  f_nodes = r.lam_n - theory._phi(r.s, r.n, eps)
+  g = r.nodes.shape[0]
+  # u = 0 is never taken as the sign change (f(0) = 0 there without label noise, where the
+  # root may still lie inside); no node with f >= 0: collapse, w = 0.
+  up = (f_nodes >= 0) & (jnp.arange(g) >= 1)
+  i = jnp.where(jnp.any(up), jnp.argmax(up), g - 1)
+  lo, hi = r.nodes[i - 1], r.nodes[i]
+  f_lo, f_hi = f_nodes[i - 1], f_nodes[i]
+  collapse = ~jnp.any(up)
+  lo = jnp.where(collapse, hi, jnp.where(eps == 0, 0.0, lo))
+  hi = jnp.where(eps == 0, 0.0, hi)
+  w_sec = jnp.clip(-f_lo / jnp.where(f_hi > f_lo, f_hi - f_lo, 1.0), 0.0, 1.0)
+  x0 = lo + w_sec * (hi - lo)
+  lo, hi, x = _newton_root(f, lo, hi, x0)
+  risks = [theory._risk_from(prep.s_min, theory._safe_l2(prep.w_ls), eps),
+           theory._risk_from(prep.s_zero, jnp.zeros_like(eps), eps)]
+  risks += [theory._risk_from(*_ridge_s_n_mu(prep, r, u)[:2], eps) for u in (x, lo, hi)]
+  k, risk = _select(risks)
+  u = jnp.where(k == 2, x, jnp.where(k == 3, lo, hi))
+  w = jnp.where(k == 0, prep.w_ls, jnp.where(k == 1, 0.0, r.vec @ _ridge_coords(r, u)[0]))
+  return w, risk
 
 
 @functools.partial(jax.jit, static_argnames=("norm", "max_steps"))
 def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Array,
               norm: str, max_steps: int) -> tuple[jax.Array, jax.Array]:
-  """Exact (w, risk) for one model and radius (vmap outward: everything but the final
-  piece search is independent of eps, so a vmap over eps computes it once)."""
+  """Exact (w, risk) for one model; eps `()` (w `(d,)`) or a grid `(m,)` (w `(m, d)`).
+
+  A grid computes the model's path once and records every piece; each eps then costs a
+  search over the pieces' lower ends and O(1) bisection steps on one piece. A single eps
+  stops the path at its piece and records nothing."""
   prep = _prepare(sigma, cross, var_y)
   eps = jnp.asarray(eps, sigma.dtype)
-
-  def risk(w):
-    return theory._risk_from(_s_of(prep, w), _dual_norm(w, norm), eps)
-
-  zero = jnp.zeros_like(cross)
   if norm == "l2":
-    lam_e, vec = jnp.linalg.eigh(sigma)
-    ct = vec.T @ cross
-    scale = lam_e[-1]
+    path = _ridge_path(prep)
+    one = lambda e: _ridge(prep, path, e)
+    return one(eps) if eps.ndim == 0 else jax.vmap(one)(eps)
+  if eps.ndim == 0:
+    mu0, piece, found = _homotopy(prep, norm, max_steps, eps)
+    use = ~((eps * K * jnp.sqrt(prep.var_y) >= mu0) | (eps == 0))
+    return _finish(prep, norm, piece, eps, use, found)
+  mu0, rec, count = _homotopy(prep, norm, max_steps)
+  s_lo = jax.vmap(lambda pc: pc.s(pc.lo))(rec)
+  n_lo = jax.vmap(lambda pc: pc.n(pc.lo))(rec)
+  valid = jnp.arange(max_steps) < count
 
-    def coords(u):  # w in the eigenbasis at lam = scale u / (1 - u), and lam / (e + lam)
-      t = 1.0 - u
-      den = lam_e * t + scale * u
-      return ct * t / den, ct * scale * u / den
-
-    def too_small(u):
-      wt, shrink = coords(u)
-      n = jnp.sqrt(jnp.sum(wt * wt))
-      s = theory._safe_sqrt(prep.s_min**2 + jnp.sum(shrink * shrink / lam_e))
-      lam_n = scale * u * jnp.sqrt(jnp.sum((ct / (lam_e * (1.0 - u) + scale * u))**2))
-      return lam_n < theory._phi(s, n, eps)
-
-    lo, hi = _bisect(too_small, jnp.zeros_like(eps), jnp.ones_like(eps))
-    ends = [vec @ coords(lo)[0], vec @ coords(hi)[0]]
-    ok = jnp.asarray(True)
-  else:
-    path = (_lasso_path if norm == "linf" else _linf_path)(prep, max_steps)
-    # The first piece (from the top) whose lower end has Phi >= mu holds the multiplier;
-    # collapse (Phi >= mu already at w = 0) is the degenerate piece [mu_0, mu_0].
-    valid = jnp.arange(max_steps) < path.count
-    hit = valid & (theory._phi(path.s_lo, path.n_lo, eps) >= path.lo)
+  def one(e):
+    # The first piece (from the top) whose lower end has Phi >= mu holds the multiplier.
+    hit = valid & (theory._phi(s_lo, n_lo, e) >= rec.lo)
     k = jnp.argmax(hit)
-    collapse = eps * K * jnp.sqrt(prep.var_y) >= path.mu0
-    solve_piece = _lasso_solve_piece if norm == "linf" else _linf_solve_piece
-    p, q = solve_piece(prep, path.mask[k], path.sgn[k])
-    lo0 = jnp.where(collapse, path.mu0, path.lo[k])
-    hi0 = jnp.where(collapse, path.mu0, path.hi[k])
+    collapse = e * K * jnp.sqrt(prep.var_y) >= mu0
+    piece = jax.tree.map(lambda a: a[k], rec)
+    return _finish(prep, norm, piece, e, ~collapse & (e > 0), collapse | jnp.any(hit))
 
-    r0, r1 = prep.chol.T @ (p - prep.w_ls), prep.chol.T @ q  # s(mu) in O(d), see _s_of
-
-    def too_small(mu):
-      r = r0 - mu * r1
-      s = theory._safe_sqrt(prep.s_min**2 + jnp.sum(r * r))
-      return mu < theory._phi(s, _dual_norm(p - mu * q, norm), eps)
-
-    lo, hi = _bisect(too_small, lo0, hi0)
-    ends = [p - lo * q, p - hi * q]
-    ok = collapse | jnp.any(hit)
-  w, r = _best([prep.w_ls, zero] + ends, risk)
-  # eps = 0: the least-squares solution, whatever the homotopy did.
-  ok = ok | (eps == 0)
-  nan = jnp.full_like(w, jnp.nan)
-  return jnp.where(ok, w, nan), jnp.where(ok, r, jnp.nan)
+  return jax.vmap(one)(eps)
 
 
 def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
@@ -593,23 +795,28 @@ def adversarial_minimizer(model: GaussianModel, eps: Any, norm: str, *,
 
   The minimizer lies on the path of argmin_w 1/2 s^2 + mu n at the self-consistent
   mu = Phi(s, n): the ridge path (l2 attack), the lasso homotopy (l_inf attack) or the
-  l_inf-penalty homotopy (l1 attack), each computed exactly, then the multiplier by
-  bisection on one linear piece (accurate to float64 round-off under x64).
+  l_inf-penalty homotopy (l1 attack), each computed exactly, then the multiplier on one
+  piece of it (accurate to float64 round-off under x64).
 
   Args:
     model: a `GaussianModel` with sigma positive definite.
-    eps: `()` training radius >= 0.
+    eps: training radius >= 0, `()` or a grid `(m,)`. A grid walks the model's path once
+      and solves every radius on it (much faster than a vmap over scalar radii, which
+      walks the path once per radius, each stopping at its own piece).
     norm: attack norm "l1", "l2" or "linf" (static).
     max_steps: most homotopy breakpoints (static; default 4 d + 8). If the multiplier
       lies beyond the breakpoints computed, w and risk are NaN.
 
   Returns:
-    A `Minimizer`: `w` `(d,)` and `risk` `()`; the symmetric model's per-block fields
-    (`w_core`, `w_spu`, `a`, `b`) are NaN, having no meaning here.
+    A `Minimizer`: `w` `(d,)` and `risk` `()` (`(m, d)` and `(m,)` for a grid); the
+    symmetric model's per-block fields (`w_core`, `w_spu`, `a`, `b`) are NaN, having no
+    meaning here.
   """
   validate_gaussian(model, positive_definite=True)
   norms.check_norm(norm)
   theory._check_eps(eps)
+  if jnp.ndim(eps) > 1:
+    raise ValueError(f"eps must have shape () or (m,), got {jnp.shape(eps)}")
   d = model.dim
   if max_steps is None:
     max_steps = 4 * d + 8
