@@ -37,6 +37,7 @@ from absl import flags
 import numpy as np
 
 from sims import _common
+from sims import _theory_flags
 
 PRESETS = {
     "default": dict(n_eps=161),
@@ -47,17 +48,13 @@ CONFIG_FLAGS = ("norms", "n_eps", "eps_max", "core_scales", "core_corr", "spu_sc
 
 FLAGS = flags.FLAGS
 _common.define_common_flags("results/feature_scales", PRESETS)
-flags.DEFINE_multi_enum("norms", ["l1", "l2", "linf"], ["l1", "l2", "linf"],
-                        "Attack norms (one panel each).")
-flags.DEFINE_integer("n_eps", None, "Grid points in eps (preset if unset).", lower_bound=2)
-flags.DEFINE_float("eps_max", 2.0, "Largest training radius.", lower_bound=0.0)
-flags.DEFINE_list("core_scales", ["1.0", "0.5", "2.0"], "Scale of each core feature.")
+_theory_flags.define_eps_flags(eps_max=2.0)
+_common.define_float_list("core_scales", [1.0, 0.5, 2.0], "Scale of each core feature.")
 flags.DEFINE_float("core_corr", 0.3, "Correlation between core factors.")
-flags.DEFINE_list("spu_scales", ["0.5", "1.5", "3.0"], "Scale of each spurious feature.")
-flags.DEFINE_list("spu_rhos", ["0.9", "0.6", "0.3"],
-                  "Correlation of each spurious feature with the label.")
+_common.define_float_list("spu_scales", [0.5, 1.5, 3.0], "Scale of each spurious feature.")
+_common.define_float_list("spu_rhos", [0.9, 0.6, 0.3],
+                          "Correlation of each spurious feature with the label.")
 flags.DEFINE_float("label_noise", 0.1, "Label noise std.", lower_bound=0.0)
-flags.register_validator("eps_max", lambda v: v > 0, "--eps_max must be > 0")
 
 
 def _floats(name: str, values: Any) -> np.ndarray:
