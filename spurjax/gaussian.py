@@ -54,7 +54,9 @@ minimizer needs `sigma` positive definite (otherwise it need not be unique);
 gets s = 0 rather than sqrt(round-off)); below `-PSD_RTOL * ||J||` J is rejected.
 
 Everything jits and vmaps (over eps, and over models of one size); the attack norm is
-static. The solver is compiled once per (d, norm, shape of eps).
+static. The solver is compiled once per (d, norm, shape of eps). Under vmap over models the
+factorizations (eigh, Cholesky, inverse) run one model at a time (`_one_at_a_time`): a
+batched LAPACK call on CPU can deadlock the XLA runtime when two run at once.
 """
 
 from __future__ import annotations
@@ -76,6 +78,35 @@ Minimizer = theory.Minimizer
 PSD_RTOL = 1e-10  # relative tolerance on the joint covariance's eigenvalues (see above)
 _BISECTION_STEPS = 64
 _NEWTON_RTOL = 1e-10  # relative Newton step after which the ridge multiplier search stops
+
+
+def _one_at_a_time(fn):
+  """`fn` whose vmap is a loop over the batch (`lax.map`) instead of one batched call.
+
+  For the dense factorizations (eigh, Cholesky, triangular solves, inverse). jaxlib's
+  CPU LAPACK kernels split a batched call over the XLA intra-op thread pool and block the
+  calling pool thread until the pieces finish; when as many such calls run concurrently
+  (independent thunks) as the pool has threads, every pool thread waits for work queued
+  behind it and the program hangs (seen here: 8 models at d = 50 on 2 cores, one run in
+  5-9). Unbatched calls do not use the pool. The cost is the factorizations' batch
+  parallelism, O(B d^3) sequential work next to the O(K B d^2) homotopy.
+  """
+  wrapped = jax.custom_batching.custom_vmap(fn)
+
+  @wrapped.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    args = tuple(a if b else jnp.broadcast_to(a, (axis_size,) + jnp.shape(a))
+                 for a, b in zip(args, in_batched))
+    out = jax.lax.map(lambda xs: wrapped(*xs), args)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return wrapped
+
+
+_eigh = _one_at_a_time(lambda a: tuple(jnp.linalg.eigh(a)))
+_cholesky = _one_at_a_time(jnp.linalg.cholesky)
+_cho_solve = _one_at_a_time(lambda chol, b: jax.scipy.linalg.cho_solve((chol, True), b))
+_inv = _one_at_a_time(jnp.linalg.inv)
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -221,7 +252,7 @@ def _joint_factor(sigma: jax.Array, cross: jax.Array, var_y: jax.Array) -> jax.A
   s(w) = ||B^T [w; -1]|| is then a sum of squares: exactly ~0 at interpolation (a quadratic
   form would leave sqrt(round-off) ~ 1e-8 there).
   """
-  lam, u = jnp.linalg.eigh(_joint(sigma, cross, var_y))
+  lam, u = _eigh(_joint(sigma, cross, var_y))
   lam = jnp.where(lam > PSD_RTOL * jnp.max(jnp.abs(lam)), lam, 0.0)
   return u * jnp.sqrt(lam)[None, :]
 
@@ -280,8 +311,8 @@ class _Prep(NamedTuple):
 
 
 def _prepare(sigma: jax.Array, cross: jax.Array, var_y: jax.Array) -> _Prep:
-  chol = jnp.linalg.cholesky(sigma)
-  w_ls = jax.scipy.linalg.cho_solve((chol, True), cross)
+  chol = _cholesky(sigma)
+  w_ls = _cho_solve(chol, cross)
   b = _joint_factor(sigma, cross, var_y)
   s_min = theory._safe_l2(b.T @ jnp.concatenate([w_ls, -jnp.ones((1,), w_ls.dtype)]))
   r = chol.T @ w_ls
@@ -543,7 +574,7 @@ def _linf_init(prep: _Prep) -> tuple[jax.Array, dict]:
   col = jnp.where(free, sv, 0.0)
   q = jnp.block([[top, col[:, None]], [col[None, :], jnp.where(tt > 0, tt, 1.0)[None, None]]])
   minus1 = jnp.asarray(-1, jnp.argmax(c).dtype)
-  st = dict(mu=mu0, free=free, sc=sc, qinv=jnp.linalg.inv(q), last_add=minus1,
+  st = dict(mu=mu0, free=free, sc=sc, qinv=_inv(q), last_add=minus1,
             last_drop=minus1, drop_sign=jnp.zeros((), c.dtype))
   return mu0, st
 
@@ -713,7 +744,7 @@ def _ridge_s_n_mu(prep: _Prep, r: _Ridge, u: jax.Array):
 
 
 def _ridge_path(prep: _Prep) -> _Ridge:
-  lam_e, vec = jnp.linalg.eigh(prep.sigma)
+  lam_e, vec = _eigh(prep.sigma)
   nodes = _ridge_nodes(prep.sigma.dtype)
   r = _Ridge(lam_e, vec, vec.T @ prep.cross, nodes, nodes, nodes, nodes)
   s, n, lam_n = jax.vmap(lambda u: _ridge_s_n_mu(prep, r, u))(nodes)

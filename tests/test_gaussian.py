@@ -316,6 +316,28 @@ def test_vmap_over_models_equals_stacked(rng):
       np.testing.assert_allclose(got.risk[i], one.risk[0], rtol=1e-12)
 
 
+def test_no_batched_lapack_call_under_vmap(rng):
+  """Under vmap over models every LAPACK call is unbatched (num_batch_dims = 0).
+
+  jaxlib's CPU LAPACK kernels spread a batched call over the XLA intra-op pool and block
+  a pool thread until it finishes; two at once on a 2-thread pool deadlocked the runtime
+  (8 models, d = 50: one run in 5-9 hung with every thread in a futex wait). The
+  factorizations therefore loop over the batch; this checks the lowered program, where
+  the hang itself is a race."""
+  import re
+  d, b = 4, 3
+  models = [random_model(rng, d, 0.1) for _ in range(b)]
+  batch = jax.tree.map(lambda *a: jnp.stack(a), *models)
+  eps = jnp.asarray(rng.uniform(0.0, 0.6, (b, 2)))  # an eps grid per model: both paths
+  for norm in NORMS:
+    text = jax.jit(jax.vmap(lambda m, e: (G.adversarial_minimizer(m, e, norm),
+                                          G.adversarial_risk(m, m.cross, e[0], norm)))
+                   ).lower(batch, eps).as_text()
+    calls = re.findall(r"custom_call @(lapack_\w+)\(.*?num_batch_dims = \"(\d+)\"", text)
+    assert calls, norm  # the factorizations are there
+    assert all(n == "0" for _, n in calls), (norm, calls)
+
+
 def test_max_steps_exhausted_is_nan(rng):
   """A homotopy cut short returns NaN, never a wrong finite answer."""
   model = random_model(rng, D, 0.3)
