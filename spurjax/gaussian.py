@@ -385,9 +385,9 @@ def _select(risks: list[jax.Array], rtol: float = 1e-12) -> tuple[jax.Array, jax
 
 def _small_solve(a: jax.Array, b: jax.Array) -> jax.Array:
   """a^{-1} b for a small static size `(n, n)`, `(n, m)`: Gaussian elimination with
-  partial pivoting, unrolled, no LAPACK call. (A batched LAPACK solve inside the
-  homotopy's while loop hung the XLA CPU runtime for batches of 4 or more models at
-  d = 50: every thread in a futex wait, 0% CPU.)"""
+  partial pivoting, unrolled, no LAPACK call: inside the homotopy's loop a LAPACK solve
+  would be a batched call under vmap (see `_one_at_a_time`), and for k <= 4 the unrolled
+  elimination is cheaper than a library call anyway."""
   n = a.shape[0]
   m = jnp.concatenate([a, b], axis=1)
   rows = jnp.arange(n)
