@@ -51,6 +51,11 @@ flags.DEFINE_integer("general_points", 3000, "Minimizers per norm and d (general
 flags.DEFINE_integer("general_baseline_points", 20, "cvxpy solves per norm and d.",
                      lower_bound=1)
 flags.DEFINE_bool("general_only", False, "Only the general-model benchmark.")
+flags.DEFINE_integer("general_chunk", 32, "Models per vmapped chunk in the single-radius "
+                     "workload (lax.map over chunks).", lower_bound=1)
+flags.DEFINE_integer("cpus", 0, "Run on this many CPU cores (0: all). 1 compares one core "
+                     "with one core (Clarabel is single-threaded) and keeps XLA's thread "
+                     "hand-offs off a shared machine's scheduler.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -61,6 +66,8 @@ def _grid(n, rng):
 
 def main(argv):
   del argv
+  if FLAGS.cpus:  # before JAX sizes its thread pools
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:FLAGS.cpus])
   import jax
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
@@ -246,12 +253,17 @@ def _workloads(d, points):
   return n_grid, points, dict(grid=(grid_models, grid_eps), single=(single_models, single_eps))
 
 
-def _time_general(models, eps, norm, repeats):
-  """Best of `repeats` compile-free runs of the vmapped exact solver: (seconds, risk)."""
+def _time_general(models, eps, norm, repeats, chunk=None):
+  """Best of `repeats` compile-free runs of the exact solver, vmapped over the models (in
+  `lax.map` chunks of `chunk` models if given): (seconds, risk)."""
   import jax
   import numpy as np
   from spurjax import gaussian as G
-  fn = jax.jit(jax.vmap(lambda mod, e: G.adversarial_minimizer(mod, e, norm)))
+  one = lambda me: G.adversarial_minimizer(me[0], me[1], norm)
+  if chunk:
+    fn = jax.jit(lambda m, e: jax.lax.map(one, (m, e), batch_size=chunk))
+  else:
+    fn = jax.jit(jax.vmap(lambda m, e: one((m, e))))
   fn = fn.lower(models, eps).compile()  # ahead of time: compilation apart from the runs
   res = jax.block_until_ready(fn(models, eps))
   best = math.inf
@@ -289,7 +301,10 @@ def general_bench(d, points, baseline_points, repeats):
       model with the radii as an `(m,)` array (the path is walked once per model),
       vmapped over the models;
     * single: `points` models, one radius each (`adversarial_minimizer` with a scalar
-      radius: the path is walked down to the radius's piece), vmapped over the models.
+      radius: the path is walked down to the radius's piece), vmapped over chunks of
+      `--general_chunk` models (`lax.map(..., batch_size=...)`: one vmap over thousands
+      of d = 50 models streams their `(d, d)` states through memory at every step of the
+      while loop, 2x slower).
   Timed: best of `repeats` compile-free runs. cvxpy solves the first `baseline_points`
   (model, eps) pairs of each workload one at a time (`_cvxpy_problem`; timed from setting
   the parameters to the end of the solve); its rate is the same problem's for both
@@ -311,7 +326,8 @@ def general_bench(d, points, baseline_points, repeats):
   for norm in T.NORMS:
     res = {}
     for kind, (models, eps) in work.items():
-      sec, risk = _time_general(models, jnp.asarray(eps), norm, repeats)
+      sec, risk = _time_general(models, jnp.asarray(eps), norm, repeats,
+                                chunk=FLAGS.general_chunk if kind == "single" else None)
       res[kind] = risk
       exact_s[kind] += sec
       print(f"general d={d} {kind:>6} {norm:>4}: {points / sec:12,.0f} minimizers/s", flush=True)
