@@ -335,6 +335,20 @@ def _bisect(too_small, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Arr
   return jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
 
 
+def _first_true(pred, n: int) -> jax.Array:
+  """Smallest k in [0, n) with pred(k), n if none, for a pred that is False up to some k
+  and True from there on (a sign change along a path): ceil(log2(n + 1)) evaluations of
+  `pred` (int32 `()` -> bool `()`) instead of n."""
+  def body(_, bracket):
+    lo, hi = bracket   # pred False below lo; pred(hi) True or hi = n
+    mid = (lo + hi) // 2
+    t = pred(jnp.minimum(mid, n - 1)) & (mid < n)
+    return jnp.where(t, lo, mid + 1), jnp.where(t, mid, hi)
+  steps = int(np.ceil(np.log2(n + 1)))
+  zero = jnp.zeros((), jnp.int32)
+  return jax.lax.fori_loop(0, steps, body, (zero, zero + n))[1]
+
+
 def _newton_root(f, lo: jax.Array, hi: jax.Array,
                  x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Sign change of a smooth scalar f in [lo, hi] (f < 0 moves lo up), from x in it:
@@ -563,7 +577,6 @@ def _linf_init(prep: _Prep) -> tuple[jax.Array, dict]:
   capped set C). Q is `(d + 1, d + 1)`: [[sigma_FF, sigma_F. sc], [., sc^T sigma sc]] on
   the free block and the last slot, the identity elsewhere."""
   sigma, c = prep.sigma, prep.cross
-  d = c.shape[0]
   mu0 = jnp.sum(jnp.abs(c))
   free = c == 0
   sc = jnp.sign(c)
@@ -761,15 +774,16 @@ def _ridge(prep: _Prep, r: _Ridge, eps: jax.Array) -> tuple[jax.Array, jax.Array
     phi = theory._phi(s, n, eps)
     return mu - phi, mu + phi
 
-  f_nodes = r.lam_n - theory._phi(r.s, r.n, eps)
+  f_node = lambda j: r.lam_n[j] - theory._phi(r.s[j], r.n[j], eps)
   g = r.nodes.shape[0]
   # u = 0 is never taken as the sign change (f(0) = 0 there without label noise, where the
-  # root may still lie inside); no node with f >= 0: collapse, w = 0.
-  up = (f_nodes >= 0) & (jnp.arange(g) >= 1)
-  i = jnp.where(jnp.any(up), jnp.argmax(up), g - 1)
+  # root may still lie inside); no node with f >= 0: collapse, w = 0. f changes sign once
+  # along the path (the risk is convex in the norm budget): a binary search over nodes.
+  i = 1 + _first_true(lambda j: f_node(j + 1) >= 0, g - 1)
+  collapse = i == g
+  i = jnp.minimum(i, g - 1)
   lo, hi = r.nodes[i - 1], r.nodes[i]
-  f_lo, f_hi = f_nodes[i - 1], f_nodes[i]
-  collapse = ~jnp.any(up)
+  f_lo, f_hi = f_node(i - 1), f_node(i)
   lo = jnp.where(collapse, hi, jnp.where(eps == 0, 0.0, lo))
   hi = jnp.where(eps == 0, 0.0, hi)
   w_sec = jnp.clip(-f_lo / jnp.where(f_hi > f_lo, f_hi - f_lo, 1.0), 0.0, 1.0)
@@ -805,15 +819,18 @@ def _minimize(sigma: jax.Array, cross: jax.Array, var_y: jax.Array, eps: jax.Arr
   mu0, rec, count = _homotopy(prep, norm, max_steps)
   s_lo = jax.vmap(lambda pc: pc.s(pc.lo))(rec)
   n_lo = jax.vmap(lambda pc: pc.n(pc.lo))(rec)
-  valid = jnp.arange(max_steps) < count
 
   def one(e):
-    # The first piece (from the top) whose lower end has Phi >= mu holds the multiplier.
-    hit = valid & (theory._phi(s_lo, n_lo, e) >= rec.lo)
-    k = jnp.argmax(hit)
+    # The first piece (from the top) whose lower end has Phi >= mu holds the multiplier;
+    # Phi - mu changes sign once along the path (the risk is convex in the norm budget),
+    # so a binary search over the recorded pieces finds it (pieces past `count` count as
+    # hits, then mean "none").
+    k = _first_true(lambda j: (j >= count) | (theory._phi(s_lo[j], n_lo[j], e) >= rec.lo[j]),
+                    max_steps)
+    found = k < count
     collapse = e * K * jnp.sqrt(prep.var_y) >= mu0
-    piece = jax.tree.map(lambda a: a[k], rec)
-    return _finish(prep, norm, piece, e, ~collapse & (e > 0), collapse | jnp.any(hit))
+    piece = jax.tree.map(lambda a: a[jnp.minimum(k, max_steps - 1)], rec)
+    return _finish(prep, norm, piece, e, ~collapse & (e > 0), collapse | found)
 
   return jax.vmap(one)(eps)
 
