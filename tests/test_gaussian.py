@@ -175,15 +175,17 @@ def test_against_cvxpy(rng, noisy):
 def test_interpolating_models_radius_grid(rng):
   """Noise-free models (s = 0 at least squares) at small d, a dense radius grid in one
   call: never above cvxpy. Here the last piece of a homotopy starts at mu = 0 where
-  mu - Phi = 0 exactly while the multiplier lies inside it, and the optimality
-  conditions cannot tell (s = 0 satisfies them with mu = 0): a root search started at
-  that end returned least squares, 0.2% above the minimum."""
+  mu - Phi = 0 to round-off while the multiplier may lie inside it, and the optimality
+  conditions of `test_optimality_conditions` cannot tell (least squares satisfies them
+  with s = 0, mu = 0). (A Newton root search started at that end, tried once, returned
+  least squares 0.2% above the minimum for 1 of 12 such models; at this test's size it
+  would be caught only sometimes: the piece search keeps 64 bisection steps.)"""
   cp = pytest.importorskip("cvxpy")
   del cp
   d = 5
-  eps = np.sort(rng.uniform(0.0, 0.8, 16))
+  eps = np.sort(rng.uniform(0.0, 0.8, 12))
   risk = jax.jit(jax.vmap(G.adversarial_risk, in_axes=(None, 0, 0, None)), static_argnums=3)
-  for _ in range(3):
+  for _ in range(2):
     model = random_model(rng, d, 0.0)
     for norm in NORMS:
       got = G.adversarial_minimizer(model, jnp.asarray(eps), norm)
