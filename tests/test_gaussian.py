@@ -352,7 +352,7 @@ def test_no_batched_lapack_call_under_vmap(rng):
   models = [random_model(rng, d, 0.1) for _ in range(b)]
   batch = jax.tree.map(lambda *a: jnp.stack(a), *models)
   eps = jnp.asarray(rng.uniform(0.0, 0.6, (b, 2)))  # an eps grid per model: both paths
-  for norm in NORMS:
+  for norm in ("l1", "l2"):  # between them every factorization (l_inf adds none)
     text = jax.jit(jax.vmap(lambda m, e: (G.adversarial_minimizer(m, e, norm),
                                           G.adversarial_risk(m, m.cross, e[0], norm)))
                    ).lower(batch, eps).as_text()
