@@ -717,10 +717,12 @@ def _walk_batch(prep: _Prep, norm: str, max_steps: int):
     n, st, rec = carry
     active = (n < max_steps) & (st["mu"] > 0)
     new, piece = jax.vmap(step)(prep, floor, st)
+    # (A step at mu = 0 is a no-op, so this select only guards against a degenerate one.)
     st = jax.tree.map(lambda x, y: keep(active, x, y), new, st)
+    # Row n of a model that is done (n = its count < K) is past its path and never read;
+    # a model with n = K cannot be passed by another (all active models step together).
     at = jnp.minimum(n, max_steps - 1)
-    rec = jax.tree.map(lambda buf, x: buf.at[rows, at].set(keep(active, x, buf[rows, at])),
-                       rec, piece)
+    rec = jax.tree.map(lambda buf, x: buf.at[rows, at].set(x), rec, piece)
     return n + active.astype(n.dtype), st, rec
 
   carry = (jnp.zeros((b,), jnp.int32), st, _empty_piece(d, dtype, (b, max_steps)))

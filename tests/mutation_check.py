@@ -57,6 +57,7 @@ ATT, THE, TRN, REL = ("spurjax/attacks.py", "spurjax/theory.py", "spurjax/train.
                       "spurjax/reliance.py")
 T_PROJ, T_ATT = "tests/test_projections.py", "tests/test_attacks.py"
 T_PATHS = "tests/test_untested_paths.py"
+GAU, T_GAU = "spurjax/gaussian.py", "tests/test_gaussian.py"
 
 MUTANTS = [
     # --- the nine defects no test caught before -------------------------------------------
@@ -121,6 +122,13 @@ MUTANTS = [
     _m("theory_newton_steps", THE,
        [("_NEWTON_STEPS = 8", "_NEWTON_STEPS = 3")],
        ["tests/test_theory.py"], "too few Newton steps in the l1 / l_inf line searches"),
+    # --- general Gaussian models -----------------------------------------------------------
+    _m("gaussian_batched_lapack", GAU,
+       [("_cholesky = _one_at_a_time(jnp.linalg.cholesky)", "_cholesky = jnp.linalg.cholesky")],
+       [T_GAU, "-k", "lapack"], "a factorization batched under vmap (the CPU runtime hang)"),
+    _m("gaussian_piece_search_short", GAU,
+       [("  steps = int(np.ceil(np.log2(n + 1)))\n", "  steps = int(np.ceil(np.log2(n + 1))) - 2\n")],
+       [T_GAU], "the binary search over recorded pieces stops early (wrong piece)"),
     _m("attack_bisection_steps", ATT,
        [("_BISECT_ITERS = 32", "_BISECT_ITERS = 10")],
        [T_PROJ], "too few bisection steps in the l1 / l2 projections"),
