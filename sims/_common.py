@@ -6,13 +6,18 @@ Each sim keeps a thin absl `main` that turns flags into a config dict and calls 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.metadata
 import os
 import platform
 import sys
+import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+import types
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -197,6 +202,79 @@ def write_outputs(workdir: str, name: str, *, rows: Sequence[Mapping[str, Any]],
     logging.info("wrote %s", ", ".join(paths.values()))
   plt.close(figure)
   return paths
+
+
+@contextlib.contextmanager
+def sim_flags(module: str | types.ModuleType,
+              argv: Sequence[str] = ()) -> Iterator[tuple[types.ModuleType, list[str]]]:
+  """Defines a sim's flags, parses `argv` into them, and removes them on exit.
+
+  Each sim defines its flags in `define_flags()` (called by its `__main__` block), not on
+  import, because sims share flag names with different defaults (`--workdir`, `--norms`,
+  ...). Inside this block the sim's flags exist with its own defaults, so several sims can
+  run one after the other in one process (tests, notebooks); blocks do not nest.
+
+  Args:
+    module: the sim, e.g. `"sims.phase_diagram"`.
+    argv: its command-line arguments, e.g. `["--preset=small"]`.
+
+  Yields:
+    `(module, rest)`: the imported module and the unparsed `[program, *positional]`.
+
+  Raises:
+    app.UsageError: a flag value absl rejects (what `python -m` reports as "FATAL Flags
+      parsing error" with exit status 1).
+  """
+  mod = importlib.import_module(module) if isinstance(module, str) else module
+  registry = flags.FLAGS
+  before = set(registry)
+  program = [mod.__file__]
+  saved_argv = sys.argv
+  try:
+    mod.define_flags()
+    try:
+      rest = registry(program + list(argv))
+    except flags.Error as e:
+      raise app.UsageError(f"Flags parsing error: {e}") from e
+    sys.argv = program + list(argv)  # as `python -m` sees it (the manifest's "command")
+    yield mod, rest
+  finally:
+    sys.argv = saved_argv
+    for name in set(registry) - before:
+      delattr(registry, name)
+
+
+def _global_x64() -> bool:
+  """The global `jax_enable_x64` (read on a fresh thread: `jax.enable_x64(...)` blocks are
+  thread-local, `start_runtime` sets the global)."""
+  import jax
+  out = []
+  reader = threading.Thread(target=lambda: out.append(bool(jax.config.jax_enable_x64)))
+  reader.start()
+  reader.join()
+  return out[0]
+
+
+def run_main(module: str | types.ModuleType, argv: Sequence[str] = ()) -> Any:
+  """Runs `python -m <module> *argv` in this process: flags as in `sim_flags`, then `main`.
+
+  Unlike a subprocess it shares this process's JAX runtime and compilation caches. The
+  global `jax_enable_x64`, which `start_runtime` sets from `--x64`, is restored afterwards.
+
+  Returns:
+    What `main` returns (None for every sim).
+
+  Raises:
+    app.UsageError: a bad flag value, or a usage error raised by `main` (both are what
+      `absl.app.run` prints as a usage message with exit status 1).
+  """
+  import jax
+  x64 = _global_x64()
+  try:
+    with sim_flags(module, argv) as (mod, rest):
+      return mod.main(rest)
+  finally:
+    jax.config.update("jax_enable_x64", x64)
 
 
 def use_agg() -> None:
