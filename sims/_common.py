@@ -95,12 +95,14 @@ def log_progress(done: int, total: int, what: str) -> None:
 
 
 class _TypedListParser(flags.ListParser):
-  """A comma-separated list of `kind` values (int or float), each >= `lower_bound`; absl
-  reports a bad item as a usage error naming the flag."""
+  """A comma-separated list of `kind` values (int, float or str), each >= `lower_bound` or
+  one of `allowed`; absl reports a bad item as a usage error naming the flag."""
 
-  def __init__(self, kind: type, lower_bound: float | None = None):
+  def __init__(self, kind: type, lower_bound: float | None = None,
+               allowed: Sequence[str] | None = None):
     super().__init__()
     self._kind, self._lower = kind, lower_bound
+    self._allowed = tuple(allowed) if allowed is not None else None
 
   def parse(self, argument):
     if isinstance(argument, (list, tuple)):
@@ -113,9 +115,13 @@ class _TypedListParser(flags.ListParser):
       raise ValueError(f"not a list of {self._kind.__name__}s: {argument!r}") from None
     if self._lower is not None and any(not v >= self._lower for v in out):
       raise ValueError(f"each value must be >= {self._lower}, got {out}")
+    if self._allowed is not None and any(v not in self._allowed for v in out):
+      raise ValueError(f"each value must be one of {', '.join(self._allowed)}; got {out}")
     return out
 
   def flag_type(self):
+    if self._allowed is not None:
+      return f"comma-separated list of <{'|'.join(self._allowed)}>"
     return f"comma-separated list of {self._kind.__name__}s"
 
 
@@ -129,6 +135,13 @@ def define_float_list(name: str, default, help_text: str, *,
                       lower_bound: float | None = None):
   """An absl list flag whose items parse as floats (`--eps_l2=0.25,0.5`)."""
   flags.DEFINE(_TypedListParser(float, lower_bound), name, default, help_text,
+               serializer=flags.CsvListSerializer(","))
+
+
+def define_enum_list(name: str, default, values: Sequence[str], help_text: str):
+  """An absl list flag whose items are each one of `values` (`--attack_norms=l2,linf`; an
+  empty value is the empty list). Unlike `DEFINE_multi_enum` it takes one comma list."""
+  flags.DEFINE(_TypedListParser(str, allowed=values), name, default, help_text,
                serializer=flags.CsvListSerializer(","))
 
 
