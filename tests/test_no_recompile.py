@@ -115,9 +115,9 @@ def test_class_map_scores_every_model_form_alike_without_recompiling():
 
 
 def test_a_params_pair_traces_its_apply_fn_once_for_every_protocol_sigma_and_model():
-  """An `(apply_fn(params, images), params)` pair: all protocols, noise modes and levels at
-  one input shape share one trace of apply_fn, and so does a second parameter set (chex
-  raises on a second trace)."""
+  """An `(apply_fn(params, images), params)` pair: the protocols (clean accuracy, RFS) and
+  noise levels at one input shape share one trace of apply_fn, and so does a second
+  parameter set (chex raises on a second trace)."""
   rng = np.random.default_rng()
   n, size, c = 8, 8, 3
   model = models.make_model("small_cnn", c, rngs=nnx.Rngs(int(rng.integers(1 << 30))), width=4)
@@ -129,8 +129,8 @@ def test_a_params_pair_traces_its_apply_fn_once_for_every_protocol_sigma_and_mod
 
   masks = (rng.uniform(size=(n, size, size)) < 0.3).astype(np.float32)
   es = evalset.EvalSet(rng.uniform(size=(n, size, size, 3)).astype(np.float32),
-                       np.arange(n) % c, c, masks=masks, soft_masks=masks)
-  kw = dict(batch_size=4, sigmas=(0.2, 0.4), salient_trials=5)
+                       np.arange(n) % c, c, masks=masks)
+  kw = dict(batch_size=4, sigmas=(0.2, 0.4), rfs_modes=("gaussian",))
   first = reliance.evaluate(jax.random.key(1), (apply_params, state), es, **kw)
   # The second model: head negated, so its logits are minus the first's.
   second = jax.tree.map(np.array, state)
