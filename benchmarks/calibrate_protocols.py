@@ -31,7 +31,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from sims import model_suite  # defines the suite's flags too (unused here)
+from sims import model_suite  # its default preset (importing a sim defines no flags)
 
 SIGMAS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.12, 0.16, 0.25)
 SEVERITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -50,7 +50,7 @@ def largest_at_least(grid, values, threshold):
 def main(argv):
   del argv
   import jax
-  from sims import _suite
+  from spurjax import suite as _suite
   from spurjax import data
   from spurjax import reliance
   from spurjax import train
@@ -59,7 +59,7 @@ def main(argv):
   spec = _suite.ModelSpec("small_cnn", "none", 0.0, SEED)
   _suite.train_models(config, _WORKDIR.value, [spec])
   model = train.load_model(_suite.model_dir(_WORKDIR.value, spec))
-  dcfg = _suite.data_config(config)
+  dcfg = _suite.data_config(_suite.data_settings(config))
   k = dcfg.num_classes
   n = _N.value
   key = jax.random.key(2024)

@@ -6,13 +6,18 @@ Each sim keeps a thin absl `main` that turns flags into a config dict and calls 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.metadata
 import os
 import platform
 import sys
+import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+import types
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -90,12 +95,14 @@ def log_progress(done: int, total: int, what: str) -> None:
 
 
 class _TypedListParser(flags.ListParser):
-  """A comma-separated list of `kind` values (int or float), each >= `lower_bound`; absl
-  reports a bad item as a usage error naming the flag."""
+  """A comma-separated list of `kind` values (int, float or str), each >= `lower_bound` or
+  one of `allowed`; absl reports a bad item as a usage error naming the flag."""
 
-  def __init__(self, kind: type, lower_bound: float | None = None):
+  def __init__(self, kind: type, lower_bound: float | None = None,
+               allowed: Sequence[str] | None = None):
     super().__init__()
     self._kind, self._lower = kind, lower_bound
+    self._allowed = tuple(allowed) if allowed is not None else None
 
   def parse(self, argument):
     if isinstance(argument, (list, tuple)):
@@ -108,9 +115,13 @@ class _TypedListParser(flags.ListParser):
       raise ValueError(f"not a list of {self._kind.__name__}s: {argument!r}") from None
     if self._lower is not None and any(not v >= self._lower for v in out):
       raise ValueError(f"each value must be >= {self._lower}, got {out}")
+    if self._allowed is not None and any(v not in self._allowed for v in out):
+      raise ValueError(f"each value must be one of {', '.join(self._allowed)}; got {out}")
     return out
 
   def flag_type(self):
+    if self._allowed is not None:
+      return f"comma-separated list of <{'|'.join(self._allowed)}>"
     return f"comma-separated list of {self._kind.__name__}s"
 
 
@@ -124,6 +135,13 @@ def define_float_list(name: str, default, help_text: str, *,
                       lower_bound: float | None = None):
   """An absl list flag whose items parse as floats (`--eps_l2=0.25,0.5`)."""
   flags.DEFINE(_TypedListParser(float, lower_bound), name, default, help_text,
+               serializer=flags.CsvListSerializer(","))
+
+
+def define_enum_list(name: str, default, values: Sequence[str], help_text: str):
+  """An absl list flag whose items are each one of `values` (`--attack_norms=l2,linf`; an
+  empty value is the empty list). Unlike `DEFINE_multi_enum` it takes one comma list."""
+  flags.DEFINE(_TypedListParser(str, allowed=values), name, default, help_text,
                serializer=flags.CsvListSerializer(","))
 
 
@@ -197,6 +215,79 @@ def write_outputs(workdir: str, name: str, *, rows: Sequence[Mapping[str, Any]],
     logging.info("wrote %s", ", ".join(paths.values()))
   plt.close(figure)
   return paths
+
+
+@contextlib.contextmanager
+def sim_flags(module: str | types.ModuleType,
+              argv: Sequence[str] = ()) -> Iterator[tuple[types.ModuleType, list[str]]]:
+  """Defines a sim's flags, parses `argv` into them, and removes them on exit.
+
+  Each sim defines its flags in `define_flags()` (called by its `__main__` block), not on
+  import, because sims share flag names with different defaults (`--workdir`, `--norms`,
+  ...). Inside this block the sim's flags exist with its own defaults, so several sims can
+  run one after the other in one process (tests, notebooks); blocks do not nest.
+
+  Args:
+    module: the sim, e.g. `"sims.phase_diagram"`.
+    argv: its command-line arguments, e.g. `["--preset=small"]`.
+
+  Yields:
+    `(module, rest)`: the imported module and the unparsed `[program, *positional]`.
+
+  Raises:
+    app.UsageError: a flag value absl rejects (what `python -m` reports as "FATAL Flags
+      parsing error" with exit status 1).
+  """
+  mod = importlib.import_module(module) if isinstance(module, str) else module
+  registry = flags.FLAGS
+  before = set(registry)
+  program = [mod.__file__]
+  saved_argv = sys.argv
+  try:
+    mod.define_flags()
+    try:
+      rest = registry(program + list(argv))
+    except flags.Error as e:
+      raise app.UsageError(f"Flags parsing error: {e}") from e
+    sys.argv = program + list(argv)  # as `python -m` sees it (the manifest's "command")
+    yield mod, rest
+  finally:
+    sys.argv = saved_argv
+    for name in set(registry) - before:
+      delattr(registry, name)
+
+
+def _global_x64() -> bool:
+  """The global `jax_enable_x64` (read on a fresh thread: `jax.enable_x64(...)` blocks are
+  thread-local, `start_runtime` sets the global)."""
+  import jax
+  out = []
+  reader = threading.Thread(target=lambda: out.append(bool(jax.config.jax_enable_x64)))
+  reader.start()
+  reader.join()
+  return out[0]
+
+
+def run_main(module: str | types.ModuleType, argv: Sequence[str] = ()) -> Any:
+  """Runs `python -m <module> *argv` in this process: flags as in `sim_flags`, then `main`.
+
+  Unlike a subprocess it shares this process's JAX runtime and compilation caches. The
+  global `jax_enable_x64`, which `start_runtime` sets from `--x64`, is restored afterwards.
+
+  Returns:
+    What `main` returns (None for every sim).
+
+  Raises:
+    app.UsageError: a bad flag value, or a usage error raised by `main` (both are what
+      `absl.app.run` prints as a usage message with exit status 1).
+  """
+  import jax
+  x64 = _global_x64()
+  try:
+    with sim_flags(module, argv) as (mod, rest):
+      return mod.main(rest)
+  finally:
+    jax.config.update("jax_enable_x64", x64)
 
 
 def use_agg() -> None:

@@ -68,29 +68,33 @@ PRESETS = {"default": _DEFAULT,
 CONFIG_FLAGS = tuple(_DEFAULT)
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/suite", PRESETS, x64_default=False)
-flags.DEFINE_integer("n_eval", None, "Test images per protocol part.", lower_bound=8)
-flags.DEFINE_integer("pgd_steps", None, "PGD steps of the robust-accuracy evaluation.",
-                     lower_bound=1)
-flags.DEFINE_float("eps_eval_l1", None, "l1 evaluation radius.", lower_bound=0)
-flags.DEFINE_float("eps_eval_l2", None, "l2 evaluation radius.", lower_bound=0)
-flags.DEFINE_float("eps_eval_linf", None, "l_inf evaluation radius in units of 1/255.",
-                   lower_bound=0)
-flags.DEFINE_integer("eval_seed", None, "Seed of the evaluation data, noise and PGD starts.",
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/suite", PRESETS, x64_default=False)
+  flags.DEFINE_integer("n_eval", None, "Test images per protocol part.", lower_bound=8)
+  flags.DEFINE_integer("pgd_steps", None, "PGD steps of the robust-accuracy evaluation.",
+                       lower_bound=1)
+  flags.DEFINE_float("eps_eval_l1", None, "l1 evaluation radius.", lower_bound=0)
+  flags.DEFINE_float("eps_eval_l2", None, "l2 evaluation radius.", lower_bound=0)
+  flags.DEFINE_float("eps_eval_linf", None, "l_inf evaluation radius in units of 1/255.",
                      lower_bound=0)
-flags.DEFINE_integer("batch_size", None, "Evaluation batch size.", lower_bound=1)
-flags.DEFINE_enum("aa_version", None, ["standard", "fast", "none"],
-                  "AutoAttack version of the aa_acc_<norm> columns (none: skip them).")
-flags.DEFINE_float("salient_sigma", None, "Salient noise level.", lower_bound=0)
-flags.DEFINE_float("rfs_sigma_max", None, "Largest RFS noise level (levels: max * i / 7).",
-                   lower_bound=0)
-flags.DEFINE_float("shift_severity", None, "Severity of the shifted domain.", lower_bound=0,
-                   upper_bound=1)
-flags.DEFINE_integer("n_groups", None, "Waterbirds-style test images.", lower_bound=8)
-flags.DEFINE_integer("n_boot", None, "Bootstrap draws over test images.", lower_bound=2)
-flags.DEFINE_list("evaluate_only", [], "Glob patterns of model names: evaluate (and cache) "
-                  "only these; other models are reported from their cache or skipped. Lets "
-                  "several processes share the evaluation of one suite.")
+  flags.DEFINE_integer("eval_seed", None, "Seed of the evaluation data, noise and PGD starts.",
+                       lower_bound=0)
+  flags.DEFINE_integer("batch_size", None, "Evaluation batch size.", lower_bound=1)
+  flags.DEFINE_enum("aa_version", None, ["standard", "fast", "none"],
+                    "AutoAttack version of the aa_acc_<norm> columns (none: skip them).")
+  flags.DEFINE_float("salient_sigma", None, "Salient noise level.", lower_bound=0)
+  flags.DEFINE_float("rfs_sigma_max", None, "Largest RFS noise level (levels: max * i / 7).",
+                     lower_bound=0)
+  flags.DEFINE_float("shift_severity", None, "Severity of the shifted domain.", lower_bound=0,
+                     upper_bound=1)
+  flags.DEFINE_integer("n_groups", None, "Waterbirds-style test images.", lower_bound=8)
+  flags.DEFINE_integer("n_boot", None, "Bootstrap draws over test images.", lower_bound=2)
+  flags.DEFINE_list("evaluate_only", [], "Glob patterns of model names: evaluate (and cache) "
+                    "only these; other models are reported from their cache or skipped. Lets "
+                    "several processes share the evaluation of one suite.")
 
 METRICS = ("clean_acc", "pgd_acc_l1", "pgd_acc_l2", "pgd_acc_linf", "aa_acc_l1", "aa_acc_l2",
            "aa_acc_linf", "rfs", "core_acc",
@@ -447,4 +451,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -25,11 +25,15 @@ from spurjax import io
 from spurjax import pretrained
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("src", None, "Folder of torch checkpoints.", required=True)
-flags.DEFINE_string("dst", None, "Output folder for the converted .safetensors files.",
-                    required=True)
-flags.DEFINE_string("arch", None, "Expected architecture of every file (default: infer).")
-flags.DEFINE_bool("overwrite", False, "Convert files whose output already exists.")
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  flags.DEFINE_string("src", None, "Folder of torch checkpoints.", required=True)
+  flags.DEFINE_string("dst", None, "Output folder for the converted .safetensors files.",
+                      required=True)
+  flags.DEFINE_string("arch", None, "Expected architecture of every file (default: infer).")
+  flags.DEFINE_bool("overwrite", False, "Convert files whose output already exists.")
 
 
 def run(src: str, dst: str, *, arch: str | None = None, overwrite: bool = False) -> list[dict]:
@@ -71,4 +75,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

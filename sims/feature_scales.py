@@ -47,14 +47,18 @@ CONFIG_FLAGS = ("norms", "n_eps", "eps_max", "core_scales", "core_corr", "spu_sc
                 "spu_rhos", "label_noise")
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/feature_scales", PRESETS)
-_theory_flags.define_eps_flags(eps_max=2.0)
-_common.define_float_list("core_scales", [1.0, 0.5, 2.0], "Scale of each core feature.")
-flags.DEFINE_float("core_corr", 0.3, "Correlation between core factors.")
-_common.define_float_list("spu_scales", [0.5, 1.5, 3.0], "Scale of each spurious feature.")
-_common.define_float_list("spu_rhos", [0.9, 0.6, 0.3],
-                          "Correlation of each spurious feature with the label.")
-flags.DEFINE_float("label_noise", 0.1, "Label noise std.", lower_bound=0.0)
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/feature_scales", PRESETS)
+  _theory_flags.define_eps_flags(eps_max=2.0)
+  _common.define_float_list("core_scales", [1.0, 0.5, 2.0], "Scale of each core feature.")
+  flags.DEFINE_float("core_corr", 0.3, "Correlation between core factors.")
+  _common.define_float_list("spu_scales", [0.5, 1.5, 3.0], "Scale of each spurious feature.")
+  _common.define_float_list("spu_rhos", [0.9, 0.6, 0.3],
+                            "Correlation of each spurious feature with the label.")
+  flags.DEFINE_float("label_noise", 0.1, "Label noise std.", lower_bound=0.0)
 
 
 def _floats(name: str, values: Any) -> np.ndarray:
@@ -209,4 +213,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

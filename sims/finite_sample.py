@@ -36,15 +36,19 @@ FIELDS = ("norm", "n", "eps", "seed", "w_err", "excess_risk", "share_emp", "shar
           "w_core_emp", "w_spu_emp", "w_core_theory", "w_spu_theory")
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/finite_sample", PRESETS)
-tf.define_model_flags()
-flags.DEFINE_multi_enum("norms", ["l1", "l2", "linf"], ["l1", "l2", "linf"], "Attack norms.")
-flags.DEFINE_list("n_list", None, "Sample sizes (preset if unset).")
-flags.DEFINE_list("eps_list", ["0.2", "0.6"], "Training radii.")
-_common.define_int_list("seeds", None, "Seeds, one fit per (n, eps, seed) (preset if unset).",
-                        lower_bound=0)
-flags.DEFINE_integer("steps", None, "Adam steps (preset if unset).", lower_bound=1)
-flags.DEFINE_float("learning_rate", 0.05, "Initial Adam step size.", lower_bound=0.0)
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/finite_sample", PRESETS)
+  tf.define_model_flags()
+  flags.DEFINE_multi_enum("norms", ["l1", "l2", "linf"], ["l1", "l2", "linf"], "Attack norms.")
+  flags.DEFINE_list("n_list", None, "Sample sizes (preset if unset).")
+  flags.DEFINE_list("eps_list", ["0.2", "0.6"], "Training radii.")
+  _common.define_int_list("seeds", None, "Seeds, one fit per (n, eps, seed) (preset if unset).",
+                          lower_bound=0)
+  flags.DEFINE_integer("steps", None, "Adam steps (preset if unset).", lower_bound=1)
+  flags.DEFINE_float("learning_rate", 0.05, "Initial Adam step size.", lower_bound=0.0)
 
 
 def _ints(values, name):
@@ -187,4 +191,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -60,39 +60,43 @@ PRESETS = {
 CONFIG_FLAGS = tuple(_DEFAULT)
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/suite", PRESETS, x64_default=False)
-flags.DEFINE_list("archs", None, "Architectures (small_cnn, resnet18).")
-flags.DEFINE_list("norms", None, "Adversarial training norms (l1, l2, linf).")
-_common.define_float_list("eps_l1", None, "l1 training radii.")
-_common.define_float_list("eps_l2", None, "l2 training radii.")
-_common.define_float_list("eps_linf", None, "l_inf training radii in units of 1/255.")
-_common.define_int_list("seeds", None, "Seeds (a list: one model per seed and setting).",
-                        lower_bound=0)
-flags.DEFINE_bool("standard", None, "Also train the standard (non-adversarial) models.")
-flags.DEFINE_integer("image_size", None, "Image side S (multiple of 8).", lower_bound=8)
-flags.DEFINE_integer("num_classes", None, "Number of shape classes K.", lower_bound=2)
-flags.DEFINE_float("p", None, "P(background style = class) in training.", lower_bound=0,
-                   upper_bound=1)
-flags.DEFINE_float("bg_contrast", None, "Background texture contrast.", lower_bound=0,
-                   upper_bound=1)
-flags.DEFINE_float("fg_scale", None, "Object size multiplier.", lower_bound=0.25,
-                   upper_bound=2.0)
-flags.DEFINE_bool("marker", None, "Draw the class-correlated marker cue.")
-flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
-                   upper_bound=1)
-flags.DEFINE_integer("width", None, "Base channel width (0: the architecture's default).",
-                     lower_bound=0)
-flags.DEFINE_integer("steps", None, "Optimizer steps per model.", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Batch size.", lower_bound=1)
-flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimizer.")
-flags.DEFINE_float("lr", None, "Peak learning rate (cosine schedule).", lower_bound=0)
-flags.DEFINE_integer("adv_steps", None, "PGD steps inside adversarial training.",
-                     lower_bound=1)
-flags.DEFINE_integer("checkpoint_every", None, "Checkpoint interval in steps.", lower_bound=1)
-flags.DEFINE_integer("max_models", None, "Train at most this many models in this run (the "
-                     "rest on a rerun).", lower_bound=0)
-flags.DEFINE_integer("kill_after_steps", None, "Testing aid: after --max_models models, "
-                     "train the next one to this step and stop as if killed.", lower_bound=1)
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/suite", PRESETS, x64_default=False)
+  flags.DEFINE_list("archs", None, "Architectures (small_cnn, resnet18).")
+  flags.DEFINE_list("norms", None, "Adversarial training norms (l1, l2, linf).")
+  _common.define_float_list("eps_l1", None, "l1 training radii.")
+  _common.define_float_list("eps_l2", None, "l2 training radii.")
+  _common.define_float_list("eps_linf", None, "l_inf training radii in units of 1/255.")
+  _common.define_int_list("seeds", None, "Seeds (a list: one model per seed and setting).",
+                          lower_bound=0)
+  flags.DEFINE_bool("standard", None, "Also train the standard (non-adversarial) models.")
+  flags.DEFINE_integer("image_size", None, "Image side S (multiple of 8).", lower_bound=8)
+  flags.DEFINE_integer("num_classes", None, "Number of shape classes K.", lower_bound=2)
+  flags.DEFINE_float("p", None, "P(background style = class) in training.", lower_bound=0,
+                     upper_bound=1)
+  flags.DEFINE_float("bg_contrast", None, "Background texture contrast.", lower_bound=0,
+                     upper_bound=1)
+  flags.DEFINE_float("fg_scale", None, "Object size multiplier.", lower_bound=0.25,
+                     upper_bound=2.0)
+  flags.DEFINE_bool("marker", None, "Draw the class-correlated marker cue.")
+  flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
+                     upper_bound=1)
+  flags.DEFINE_integer("width", None, "Base channel width (0: the architecture's default).",
+                       lower_bound=0)
+  flags.DEFINE_integer("steps", None, "Optimizer steps per model.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", None, "Batch size.", lower_bound=1)
+  flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimizer.")
+  flags.DEFINE_float("lr", None, "Peak learning rate (cosine schedule).", lower_bound=0)
+  flags.DEFINE_integer("adv_steps", None, "PGD steps inside adversarial training.",
+                       lower_bound=1)
+  flags.DEFINE_integer("checkpoint_every", None, "Checkpoint interval in steps.", lower_bound=1)
+  flags.DEFINE_integer("max_models", None, "Train at most this many models in this run (the "
+                       "rest on a rerun).", lower_bound=0)
+  flags.DEFINE_integer("kill_after_steps", None, "Testing aid: after --max_models models, "
+                       "train the next one to this step and stop as if killed.", lower_bound=1)
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
@@ -157,4 +161,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

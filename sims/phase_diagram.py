@@ -25,6 +25,7 @@ from absl import logging
 import numpy as np
 
 from sims import _common
+from sims import _theory_flags
 
 PRESETS = {
     "default": dict(n_eps=121, n_ratio=121, n_rho=121),
@@ -35,32 +36,32 @@ CONFIG_FLAGS = ("norms", "n_eps", "eps_max", "n_ratio", "ratio_min", "ratio_max"
                 "rho_test")
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/phase_diagram", PRESETS)
-flags.DEFINE_multi_enum("norms", ["l1", "l2", "linf"], ["l1", "l2", "linf"],
-                        "Attack norms (one panel each).")
-flags.DEFINE_integer("n_eps", None, "Grid points in eps (preset if unset).", lower_bound=2)
-flags.DEFINE_float("eps_max", 1.5, "Largest training radius.", lower_bound=0.0)
-flags.DEFINE_integer("n_ratio", None, "Grid points in the scale ratio.", lower_bound=2)
-flags.DEFINE_float("ratio_min", 0.1, "Smallest sigma_spu / sigma_core (log grid).",
-                   lower_bound=0.0)
-flags.DEFINE_float("ratio_max", 4.0, "Largest sigma_spu / sigma_core.", lower_bound=0.0)
-flags.DEFINE_integer("n_rho", None, "Grid points in rho (second diagram).", lower_bound=2)
-flags.DEFINE_float("ratio_for_rho", 0.7, "Scale ratio held fixed in the rho diagram.",
-                   lower_bound=0.0)
-flags.DEFINE_integer("d_core", 4, "Core features.", lower_bound=1)
-flags.DEFINE_integer("d_spu", 3, "Spurious features.", lower_bound=1)
-flags.DEFINE_float("sigma_core", 1.0, "Core feature scale.", lower_bound=0.0)
-flags.DEFINE_float("rho", 0.9, "Spurious correlation (ratio diagram).", lower_bound=-1.0,
-                   upper_bound=1.0)
-flags.DEFINE_float("label_noise", 0.0, "Label noise std.", lower_bound=0.0)
-flags.DEFINE_float("rho_test", 0.0, "Test-domain correlation for the shift gap.",
-                   lower_bound=-1.0, upper_bound=1.0)
-flags.register_validator("eps_max", lambda v: v > 0, "--eps_max must be > 0")
-flags.register_validator("sigma_core", lambda v: v > 0, "--sigma_core must be > 0")
-flags.register_validator("ratio_for_rho", lambda v: v > 0, "--ratio_for_rho must be > 0")
-flags.register_multi_flags_validator(
-    ["ratio_min", "ratio_max"], lambda f: 0 < f["ratio_min"] < f["ratio_max"],
-    "need 0 < --ratio_min < --ratio_max")
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/phase_diagram", PRESETS)
+  _theory_flags.define_eps_flags(eps_max=1.5)
+  flags.DEFINE_integer("n_ratio", None, "Grid points in the scale ratio.", lower_bound=2)
+  flags.DEFINE_float("ratio_min", 0.1, "Smallest sigma_spu / sigma_core (log grid).",
+                     lower_bound=0.0)
+  flags.DEFINE_float("ratio_max", 4.0, "Largest sigma_spu / sigma_core.", lower_bound=0.0)
+  flags.DEFINE_integer("n_rho", None, "Grid points in rho (second diagram).", lower_bound=2)
+  flags.DEFINE_float("ratio_for_rho", 0.7, "Scale ratio held fixed in the rho diagram.",
+                     lower_bound=0.0)
+  flags.DEFINE_integer("d_core", 4, "Core features.", lower_bound=1)
+  flags.DEFINE_integer("d_spu", 3, "Spurious features.", lower_bound=1)
+  flags.DEFINE_float("sigma_core", 1.0, "Core feature scale.", lower_bound=0.0)
+  flags.DEFINE_float("rho", 0.9, "Spurious correlation (ratio diagram).", lower_bound=-1.0,
+                     upper_bound=1.0)
+  flags.DEFINE_float("label_noise", 0.0, "Label noise std.", lower_bound=0.0)
+  flags.DEFINE_float("rho_test", 0.0, "Test-domain correlation for the shift gap.",
+                     lower_bound=-1.0, upper_bound=1.0)
+  flags.register_validator("sigma_core", lambda v: v > 0, "--sigma_core must be > 0")
+  flags.register_validator("ratio_for_rho", lambda v: v > 0, "--ratio_for_rho must be > 0")
+  flags.register_multi_flags_validator(
+      ["ratio_min", "ratio_max"], lambda f: 0 < f["ratio_min"] < f["ratio_max"],
+      "need 0 < --ratio_min < --ratio_max")
 
 
 def _grid_fn(d_core: int, d_spu: int, norm: str):
@@ -216,4 +217,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -40,15 +40,19 @@ FIELDS = ("model", "norm", "eps", "seed", "train_p", "clean_acc_preserved",
           "pgd_acc_preserved", "clean_acc_uncorrelated", "pgd_acc_uncorrelated")
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/preserved", PRESETS, x64_default=False)
-flags.DEFINE_list("norms", None, "Training norms (l1, l2, linf); training = attack radius.")
-flags.DEFINE_float("p_spur", None, "P(background = class) with the correlation.",
-                   lower_bound=0, upper_bound=1)
-flags.DEFINE_integer("num_classes", None, "Classes K (the uncorrelated p is 1/K).",
-                     lower_bound=2, upper_bound=12)
-flags.DEFINE_float("bg_contrast", None, "Background contrast.", lower_bound=0, upper_bound=1)
-flags.DEFINE_integer("pgd_steps", None, "PGD steps of the evaluation.", lower_bound=1)
-_common.define_experiment_flags()
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/preserved", PRESETS, x64_default=False)
+  flags.DEFINE_list("norms", None, "Training norms (l1, l2, linf); training = attack radius.")
+  flags.DEFINE_float("p_spur", None, "P(background = class) with the correlation.",
+                     lower_bound=0, upper_bound=1)
+  flags.DEFINE_integer("num_classes", None, "Classes K (the uncorrelated p is 1/K).",
+                       lower_bound=2, upper_bound=12)
+  flags.DEFINE_float("bg_contrast", None, "Background contrast.", lower_bound=0, upper_bound=1)
+  flags.DEFINE_integer("pgd_steps", None, "PGD steps of the evaluation.", lower_bound=1)
+  _common.define_experiment_flags()
 
 
 def suite_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -155,4 +159,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -111,13 +111,18 @@ TITLES = {"clean_acc": "clean accuracy (ImageNet val)",
           "shift_drop": "accuracy drop (ObjectNet)"}
 
 _DEFAULT = dict(batch_size=64, max_images=0, max_train=0, n_robust=500, pgd_steps=20,
-                attack_norms="l2,linf", eps_eval_l1=75.0, eps_eval_l2=3.0, eps_eval_linf=4.0,
-                aa_version="standard", rfs_sigmas="", rfs_modes="gaussian,l2",
-                salient_trials=5, probe_l2="", eval_seed=1234)
+                attack_norms=["l2", "linf"], eps_eval_l1=75.0, eps_eval_l2=3.0,
+                eps_eval_linf=4.0, aa_version="standard", rfs_sigmas=[],
+                rfs_modes=["gaussian", "l2"], salient_trials=5, probe_l2=[], eval_seed=1234)
 PRESETS = {"default": _DEFAULT,
            "small": dict(_DEFAULT, batch_size=8, max_images=8, max_train=16, n_robust=4,
-                         pgd_steps=2, attack_norms="linf", aa_version="fast",
-                         rfs_sigmas="90,180", rfs_modes="gaussian", probe_l2="0.001")}
+                         pgd_steps=2, attack_norms=["linf"], aa_version="fast",
+                         rfs_sigmas=[90.0, 180.0], rfs_modes=["gaussian"], probe_l2=[0.001])}
+# The list settings and their item type. Configs written before these were list flags hold
+# comma strings ("l2,linf", "90,180", ""): `canonical_config` reads both forms alike, so
+# their workdirs resume.
+LIST_SETTINGS = {"attack_norms": str, "rfs_modes": str, "rfs_sigmas": float, "probe_l2": float}
+RFS_MODES = ("gaussian", "l2")
 CONFIG_FLAGS = tuple(_DEFAULT)
 PATH_FLAGS = ("checkpoints", "models_csv", "in9", "waterbirds", "rival10", "salient_masks",
               "imagenet", "salient_annotations", "objectnet")
@@ -462,19 +467,49 @@ def eval_radius(config: Mapping[str, Any], norm: str) -> float:
   return norms_lib.pixel_radius(norm, config[f"eps_eval_{norm}"])
 
 
-def _floats(text: Any) -> tuple[float, ...]:
-  return tuple(float(v) for v in str(text).split(",") if v.strip())
+def _as_list(value: Any, kind: type) -> list:
+  """A list setting as a list of `kind`: from a list, or from a comma string (the stored
+  form of older configs; blank items dropped, "" is the empty list)."""
+  if isinstance(value, str):
+    value = [v.strip() for v in value.split(",") if v.strip()]
+  return [kind(v) for v in (value or ())]
+
+
+def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
+  """`config` with each of `LIST_SETTINGS` as a list of its type: `"l2,linf"` and
+  `["l2", "linf"]` give the same config, `"90,180"` and `[90, 180.0]` both `[90.0, 180.0]`.
+
+  Raises:
+    ValueError: naming the flag, for an item that is not of its type.
+  """
+  out = dict(config)
+  for name, kind in LIST_SETTINGS.items():
+    if name in out:
+      try:
+        out[name] = _as_list(out[name], kind)
+      except (TypeError, ValueError):
+        raise ValueError(f"--{name}: a comma-separated list of {kind.__name__}s, got "
+                         f"{config[name]!r}") from None
+  return out
+
+
+def _canonical_json(value: Any) -> Any:
+  """A stored item key or probe identity with its config settings in canonical form."""
+  if isinstance(value, dict):
+    return {k: (_as_list(v, LIST_SETTINGS[k]) if k in LIST_SETTINGS else _canonical_json(v))
+            for k, v in value.items()}
+  return value
 
 
 def _norms(config) -> list[str]:
-  return [n for n in str(config["attack_norms"]).split(",") if n]
+  return _as_list(config["attack_norms"], str)
 
 
 def _reliance_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
   from spurjax import reliance
-  sig = [float(s) / 255.0 for s in str(config["rfs_sigmas"]).split(",") if s]
+  sig = [s / 255.0 for s in _as_list(config["rfs_sigmas"], float)]
   return dict(batch_size=int(config["batch_size"]), sigmas=sig or reliance.RFS_SIGMAS,
-              rfs_modes=tuple(m for m in str(config["rfs_modes"]).split(",") if m),
+              rfs_modes=tuple(_as_list(config["rfs_modes"], str)),
               salient_trials=int(config["salient_trials"]))
 
 
@@ -522,21 +557,23 @@ class _Runner:
     from spurjax import io
     train_split, _, k = PROBES[bench]
     path = os.path.join(self.workdir, "probes", entry.name, bench + ".npz")
+    l2_grid = _as_list(self.config["probe_l2"], float)
     ident = json.dumps({"model": _file_id(entry.path),
                         "train": self.roots[bench], "split": train_split,
                         "max_train": int(self.config["max_train"]),
-                        "probe_l2": str(self.config["probe_l2"]),
+                        "probe_l2": l2_grid,
                         "seed": int(self.config["eval_seed"])}, sort_keys=True)
     if os.path.exists(path):
       with np.load(path) as z:
-        if str(z["ident"]) == ident:
+        stored = _canonical_json(json.loads(str(z["ident"])))
+        if stored == json.loads(ident):
           return z["w"], z["b"]
     es = self.evalset(bench, train_split, limit=int(self.config["max_train"]))
     feats = compute_features(self.fn(entry, "features"), es.images,
                              int(self.config["batch_size"]))
     w, b = self.backend.fit_head(feats, np.asarray(es.labels), k,
                                  seed=int(self.config["eval_seed"]),
-                                 l2_grid=_floats(self.config["probe_l2"]))
+                                 l2_grid=tuple(l2_grid))
     w, b = np.asarray(w, np.float32), np.asarray(b, np.float32)
     if w.shape != (feats.shape[1], k) or b.shape != (k,):
       raise ValueError(f"probe head of {entry.name} on {bench}: shapes {w.shape}, {b.shape}, "
@@ -645,6 +682,7 @@ def compute(config: Mapping[str, Any], workdir: str, roots: Mapping[str, str | N
   from absl import logging
   from spurjax import io
   backend = backend or Backend()
+  config = canonical_config(config)
   benches = benchmarks_given(roots)
   if not benches:
     raise ValueError("no benchmark: give at least one of --in9, --waterbirds, --rival10, "
@@ -660,7 +698,7 @@ def compute(config: Mapping[str, Any], workdir: str, roots: Mapping[str, str | N
     if os.path.exists(path):
       with open(path) as f:
         stored = json.load(f)
-    if stored is not None and stored.get("key") == key:
+    if stored is not None and _canonical_json(stored.get("key")) == key:
       results[(m.name, b)] = stored["metrics"]
     else:
       todo.append((m, b, path, key))
@@ -765,6 +803,7 @@ def run(config: Mapping[str, Any], workdir: str, roots: Mapping[str, str | None]
   """Evaluates every (model, benchmark); writes reliance.csv/.md/.png and manifest.json."""
   from spurjax import io
   check_roots(roots)
+  config = canonical_config(config)
   start = time.perf_counter()
   rows = compute(config, workdir, roots, models, backend=backend, after_item=after_item)
   md = os.path.join(workdir, "reliance.md")
@@ -808,45 +847,38 @@ def define_flags() -> None:
   flags.DEFINE_integer("n_robust", None, "ImageNet val images attacked (0: all).",
                        lower_bound=0)
   flags.DEFINE_integer("pgd_steps", None, "PGD steps.", lower_bound=1)
-  flags.DEFINE_string("attack_norms", None, "Comma-separated attack norms (l1, l2, linf).")
+  _common.define_enum_list("attack_norms", None, ATTACK_NORMS, "Attack norms.")
   flags.DEFINE_float("eps_eval_l1", None, "l1 evaluation radius.", lower_bound=0)
   flags.DEFINE_float("eps_eval_l2", None, "l2 evaluation radius.", lower_bound=0)
   flags.DEFINE_float("eps_eval_linf", None, "l_inf evaluation radius in units of 1/255.",
                      lower_bound=0)
   flags.DEFINE_enum("aa_version", None, ["standard", "fast", "none"],
                     "AutoAttack version of the aa_acc_<norm> columns (none: skip them).")
-  flags.DEFINE_string("rfs_sigmas", None, "RFS noise levels in /255, comma-separated "
-                      "(empty: 30, 60, ..., 210).")
-  flags.DEFINE_string("rfs_modes", None, "RFS modes: gaussian, l2 (comma-separated).")
+  _common.define_float_list("rfs_sigmas", None, "RFS noise levels in /255, each in "
+                            "(0, 255] (empty: 30, 60, ..., 210).")
+  _common.define_enum_list("rfs_modes", None, RFS_MODES, "RFS modes.")
   flags.DEFINE_integer("salient_trials", None, "Salient noise trials (>= 5).", lower_bound=5)
-  flags.DEFINE_string("probe_l2", None, "Probe L2 penalties to choose from, comma-separated "
-                      "(empty: spurjax.probe.DEFAULT_L2_GRID).")
+  _common.define_float_list("probe_l2", None, "Probe L2 penalties to choose from, each "
+                            ">= 0 (empty: spurjax.probe.DEFAULT_L2_GRID).", lower_bound=0)
   flags.DEFINE_integer("eval_seed", None, "Seed of the noise, attacks and probes.",
                        lower_bound=0)
 
 
 def check_config(config: Mapping[str, Any]) -> None:
-  """ValueError naming the flag for a bad list value."""
-  norms = _norms(config)
+  """ValueError naming the flag for a bad list value (a list or, as older configs store
+  them, a comma string)."""
+  config = canonical_config(config)
+  norms = config["attack_norms"]
   if not norms or any(n not in ATTACK_NORMS for n in norms):
-    raise ValueError(f"--attack_norms: comma-separated subset of {ATTACK_NORMS}, got "
-                     f"{config['attack_norms']!r}")
-  modes = [m for m in str(config["rfs_modes"]).split(",") if m]
-  if not modes or any(m not in ("gaussian", "l2") for m in modes):
-    raise ValueError(f"--rfs_modes: comma-separated subset of gaussian, l2, got "
-                     f"{config['rfs_modes']!r}")
-  try:
-    sig = [float(s) for s in str(config["rfs_sigmas"]).split(",") if s]
-  except ValueError:
-    raise ValueError(f"--rfs_sigmas: numbers in /255, got {config['rfs_sigmas']!r}") from None
-  if any(not 0 < s <= 255 for s in sig):
-    raise ValueError(f"--rfs_sigmas: each in (0, 255], got {config['rfs_sigmas']!r}")
-  try:
-    grid = _floats(config["probe_l2"])
-  except ValueError:
-    raise ValueError(f"--probe_l2: numbers, got {config['probe_l2']!r}") from None
-  if any(not np.isfinite(v) or v < 0 for v in grid):
-    raise ValueError(f"--probe_l2: finite penalties >= 0, got {config['probe_l2']!r}")
+    raise ValueError(f"--attack_norms: a non-empty subset of {', '.join(ATTACK_NORMS)}, "
+                     f"got {norms}")
+  modes = config["rfs_modes"]
+  if not modes or any(m not in RFS_MODES for m in modes):
+    raise ValueError(f"--rfs_modes: a non-empty subset of {', '.join(RFS_MODES)}, got {modes}")
+  if any(not 0 < s <= 255 for s in config["rfs_sigmas"]):
+    raise ValueError(f"--rfs_sigmas: each in (0, 255], got {config['rfs_sigmas']}")
+  if any(not np.isfinite(v) or v < 0 for v in config["probe_l2"]):
+    raise ValueError(f"--probe_l2: finite penalties >= 0, got {config['probe_l2']}")
 
 
 def main(argv):

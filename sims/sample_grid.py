@@ -24,10 +24,15 @@ from spurjax import data
 from spurjax import evalset
 from spurjax import io
 
-_WORKDIR = flags.DEFINE_string("workdir", "docs/img", "Output folder.")
-_SIZE = flags.DEFINE_integer("image_size", 32, "Image side (multiple of 8).")
-_COLS = flags.DEFINE_integer("columns", 8, "Samples per row.")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  flags.DEFINE_string("workdir", "docs/img", "Output folder.")
+  flags.DEFINE_integer("image_size", 32, "Image side (multiple of 8).")
+  flags.DEFINE_integer("columns", 8, "Samples per row.")
+  flags.DEFINE_integer("seed", 0, "PRNG seed.")
 
 
 def _grid(rows: Mapping[str, np.ndarray], path: str, subtitle: Any = None) -> None:
@@ -72,10 +77,11 @@ def run(config: Mapping[str, Any], workdir: str) -> list[str]:
 
 def main(argv):
   del argv
-  cfg = {"image_size": _SIZE.value, "columns": _COLS.value, "seed": _SEED.value}
-  for p in run(cfg, _WORKDIR.value):
+  cfg = {"image_size": FLAGS.image_size, "columns": FLAGS.columns, "seed": FLAGS.seed}
+  for p in run(cfg, FLAGS.workdir):
     print(p, os.path.getsize(p), "bytes")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -70,18 +70,22 @@ FIELDS = ("model", "variant", "bg_contrast", "tint_amp", "norm", "eps", "seed", 
           "eps_erases_marker")
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/scale_law", PRESETS, x64_default=False)
-_common.define_float_list("contrasts", None, "Background contrasts to sweep, in [0, 1].")
-flags.DEFINE_list("norms", None, "Training norms: none, l2, linf (l1 also accepted).")
-flags.DEFINE_float("p", None, "P(background = class) in training.", lower_bound=0,
-                   upper_bound=1)
-flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
-                   upper_bound=1)
-flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=3, upper_bound=12)
-flags.DEFINE_float("tint_per_contrast", None, "Tint amplitude per unit contrast (0: fixed "
-                   "0.15).", lower_bound=0, upper_bound=0.5)
-flags.DEFINE_list("variants", None, f"Marker variants, from {VARIANTS}.")
-_common.define_experiment_flags()
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/scale_law", PRESETS, x64_default=False)
+  _common.define_float_list("contrasts", None, "Background contrasts to sweep, in [0, 1].")
+  flags.DEFINE_list("norms", None, "Training norms: none, l2, linf (l1 also accepted).")
+  flags.DEFINE_float("p", None, "P(background = class) in training.", lower_bound=0,
+                     upper_bound=1)
+  flags.DEFINE_float("marker_p", None, "P(marker = class) in training.", lower_bound=0,
+                     upper_bound=1)
+  flags.DEFINE_integer("num_classes", None, "Classes K.", lower_bound=3, upper_bound=12)
+  flags.DEFINE_float("tint_per_contrast", None, "Tint amplitude per unit contrast (0: fixed "
+                     "0.15).", lower_bound=0, upper_bound=0.5)
+  flags.DEFINE_list("variants", None, f"Marker variants, from {VARIANTS}.")
+  _common.define_experiment_flags()
 
 radius = _common.radius
 
@@ -265,4 +269,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

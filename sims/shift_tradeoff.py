@@ -29,12 +29,16 @@ FIELDS = ("norm", "eps", "rho_test", "w_core", "w_spu", "weight_share", "std_ris
           "adv_risk_in", "adv_risk_own_eps", "std_risk_test", "shift_gap")
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/shift_tradeoff", PRESETS)
-tf.define_model_flags()
-tf.define_eps_flags(eps_max=1.0)
-flags.DEFINE_float("eps_eval", None, "Evaluation radius of the in-domain adversarial risk "
-                   "(default: --eps_max).", lower_bound=0.0)
-flags.DEFINE_list("rho_test", None, "Test-domain correlations (default: rho, 0, -rho).")
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/shift_tradeoff", PRESETS)
+  tf.define_model_flags()
+  tf.define_eps_flags(eps_max=1.0)
+  flags.DEFINE_float("eps_eval", None, "Evaluation radius of the in-domain adversarial risk "
+                     "(default: --eps_max).", lower_bound=0.0)
+  flags.DEFINE_list("rho_test", None, "Test-domain correlations (default: rho, 0, -rho).")
 
 
 def _parse_rho_test(values, rho):
@@ -141,4 +145,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

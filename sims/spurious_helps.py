@@ -29,9 +29,13 @@ FIELDS = ("norm", "eps", "risk_spurious", "risk_rho0", "risk_no_spurious", "bene
           "w_core", "w_spu", "eps_star")
 
 FLAGS = flags.FLAGS
-_common.define_common_flags("results/spurious_helps", PRESETS)
-tf.define_model_flags()
-tf.define_eps_flags(eps_max=2.0)
+
+
+def define_flags() -> None:
+  """Defines the absl flags (when run, not on import: tests import several sims at once)."""
+  _common.define_common_flags("results/spurious_helps", PRESETS)
+  tf.define_model_flags()
+  tf.define_eps_flags(eps_max=2.0)
 
 
 def compute(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -106,4 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

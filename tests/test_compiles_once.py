@@ -1,8 +1,10 @@
 """The "compiled once" claims, counted: the jit caches of the theory kernel, the data
 renderer, the grid map and the evaluation step grow only where the docstrings say.
 
-Counts are taken as the growth of a jitted function's cache (`_cache_size()`), so earlier
-tests in the same process that compiled the same programs do not matter.
+Where the traced function is the test's own (grid_map's `fn`), `chex.assert_max_traces`
+bounds its traces. The other jitted functions are internal to the library, so their counts
+are taken as the growth of the jit's cache (`_cache_size()`): earlier tests in the same
+process that compiled the same programs do not matter.
 """
 
 import chex

@@ -3,23 +3,20 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
+from absl import app
 import numpy as np
+import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sims import _common
 
 
 def _sim(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", "sims.feature_scales", *args],
-                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=400)
+  _common.run_main("sims.feature_scales", args)
 
 
 def test_small_preset(tmp_path):
-  proc = _sim("--preset=small", f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _sim("--preset=small", f"--workdir={tmp_path}")
   for f in ("feature_scales.png", "feature_scales.csv", "manifest.json"):
     assert (tmp_path / f).stat().st_size > 0, f
   assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
@@ -55,6 +52,5 @@ def test_small_preset(tmp_path):
 
 
 def test_bad_flags_give_usage_error(tmp_path):
-  proc = _sim(f"--workdir={tmp_path}", "--spu_rhos=0.5,0.2")
-  assert proc.returncode != 0
-  assert "--spu_rhos" in proc.stderr
+  with pytest.raises(app.UsageError, match="--spu_rhos"):
+    _sim(f"--workdir={tmp_path}", "--spu_rhos=0.5,0.2")

@@ -3,42 +3,27 @@ image sims built on it (sims.preserved_correlation, sims.scale_law): outputs of 
 presets, kill-and-resume without retraining, the same table as an uninterrupted run, and
 usage errors for bad flags.
 
-The sims run as subprocesses (two sims cannot share one process: their absl flags clash).
-They share a persistent XLA compilation cache, so each program is compiled once per session;
-results do not depend on it (a cache hit is the same executable).
+The sims run in this process (`sims._common.run_main`), so each program is compiled once
+per test worker.
 """
 
 import csv
 import hashlib
 import json
 import os
-import subprocess
-import sys
+import re
 
+from absl import app
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sims import _common
 REQUIRED = ("model", "arch", "norm", "eps", "seed", "clean_acc", "pgd_acc_l1", "pgd_acc_l2",
             "pgd_acc_linf", "rfs", "core_acc", "spur_acc", "rcs", "bg_gap",
             "worst_group_acc", "shift_drop")
 
 
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-def _sim(name, *args, cache=None):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  if cache:
-    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return subprocess.run([sys.executable, "-m", f"sims.{name}", *args], capture_output=True,
-                        text=True, env=env, cwd=ROOT, timeout=400)
-
-
-def _ok(proc):
-  assert proc.returncode == 0, proc.stderr[-4000:]
+def _sim(name, *args):
+  _common.run_main(f"sims.{name}", args)
 
 
 def _rows(path):
@@ -68,12 +53,12 @@ L2 = "small_cnn_l2_eps0.5_seed0"
 LINF = "small_cnn_linf_eps0.03137_seed0"
 
 
-def test_suite_killed_resumes_without_retraining_and_gives_the_same_table(tmp_path, jax_cache):
+def test_suite_killed_resumes_without_retraining_and_gives_the_same_table(tmp_path):
   work = str(tmp_path / "interrupted")
   # Run 1: the standard model completes, the l2 model is "killed" at step 15 (its last
   # checkpoint is step 10), the l_inf model never starts.
-  _ok(_sim("model_suite", "--preset=small", f"--workdir={work}", "--max_models=1",
-           "--kill_after_steps=15", cache=jax_cache))
+  _sim("model_suite", "--preset=small", f"--workdir={work}", "--max_models=1",
+       "--kill_after_steps=15")
   assert _status(work) == {STD: "trained", L2: "interrupted", LINF: "pending"}
   assert os.listdir(os.path.join(work, "models", L2, "checkpoints")) == ["10"]
   assert not os.path.exists(os.path.join(work, "models", LINF))
@@ -81,7 +66,7 @@ def test_suite_killed_resumes_without_retraining_and_gives_the_same_table(tmp_pa
   assert "metrics.jsonl" in done_before and "config.json" in done_before
 
   # Run 2: same command without the limit finishes the suite, leaves the standard model alone.
-  _ok(_sim("model_suite", "--preset=small", f"--workdir={work}", cache=jax_cache))
+  _sim("model_suite", "--preset=small", f"--workdir={work}")
   assert _status(work) == {STD: "skipped", L2: "trained", LINF: "trained"}
   assert _snapshot(os.path.join(work, "models", STD)) == done_before
   with open(os.path.join(work, "models", L2, "metrics.jsonl")) as f:
@@ -89,10 +74,10 @@ def test_suite_killed_resumes_without_retraining_and_gives_the_same_table(tmp_pa
   assert steps == [10, 20, 30]  # the killed run's step-15 tail was redone once, not twice
 
   # Run 3: a finished suite trains nothing.
-  _ok(_sim("model_suite", "--preset=small", f"--workdir={work}", cache=jax_cache))
+  _sim("model_suite", "--preset=small", f"--workdir={work}")
   assert set(_status(work).values()) == {"skipped"}
 
-  _ok(_sim("background_reliance", "--preset=small", f"--workdir={work}", cache=jax_cache))
+  _sim("background_reliance", "--preset=small", f"--workdir={work}")
   for name in ("reliance.csv", "reliance.md", "reliance.png", "manifest.json", "suite.json"):
     assert os.path.getsize(os.path.join(work, name)) > 0, name
   assert not [p for p in os.listdir(work) if p.endswith(".tmp")]
@@ -116,14 +101,14 @@ def test_suite_killed_resumes_without_retraining_and_gives_the_same_table(tmp_pa
 
   # The uninterrupted run of the same suite gives the same table, number for number.
   ref = str(tmp_path / "uninterrupted")
-  _ok(_sim("model_suite", "--preset=small", f"--workdir={ref}", cache=jax_cache))
-  _ok(_sim("background_reliance", "--preset=small", f"--workdir={ref}", cache=jax_cache))
+  _sim("model_suite", "--preset=small", f"--workdir={ref}")
+  _sim("background_reliance", "--preset=small", f"--workdir={ref}")
   assert _rows(os.path.join(ref, "reliance.csv")) == rows
 
 
 @pytest.mark.parametrize("name,extra", [("preserved_correlation", ()), ("scale_law", ())])
-def test_small_image_sims_write_their_outputs(tmp_path, jax_cache, name, extra):
-  _ok(_sim(name, "--preset=small", f"--workdir={tmp_path}", *extra, cache=jax_cache))
+def test_small_image_sims_write_their_outputs(tmp_path, name, extra):
+  _sim(name, "--preset=small", f"--workdir={tmp_path}", *extra)
   for f in (f"{name}.csv", f"{name}.png", "manifest.json"):
     assert (tmp_path / f).stat().st_size > 0, f
   rows = _rows(tmp_path / f"{name}.csv")
@@ -156,16 +141,14 @@ def test_small_image_sims_write_their_outputs(tmp_path, jax_cache, name, extra):
     ("preserved_correlation", ["--norms=l0"], "--norms"),
 ])
 def test_bad_flags_are_usage_errors(name, args, message):
-  proc = _sim(name, *args)
-  assert proc.returncode != 0
-  assert message in proc.stderr, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  """A usage error naming the flag (what absl.app.run prints, exit status 1)."""
+  with pytest.raises(app.UsageError, match=re.escape(message)):
+    _sim(name, *args)
 
 
 def test_suite_refuses_a_workdir_of_other_settings(tmp_path):
   (tmp_path / "suite.json").write_text(json.dumps({"image_size": 64}))
-  proc = _sim("model_suite", "--preset=small", f"--workdir={tmp_path}", "--norms=linf",
-              "--nostandard", "--max_models=0")
-  assert proc.returncode != 0
-  assert "--workdir" in proc.stderr and "image_size" in proc.stderr, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
+  with pytest.raises(app.UsageError, match="--workdir") as error:
+    _sim("model_suite", "--preset=small", f"--workdir={tmp_path}", "--norms=linf",
+         "--nostandard", "--max_models=0")
+  assert "image_size" in str(error.value)

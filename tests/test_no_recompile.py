@@ -1,13 +1,19 @@
 """Evaluating a second model of the same architecture and input shape compiles nothing:
-`reliance.evaluate` and `train.evaluate_accuracy` pass the parameters as arguments."""
+`reliance.evaluate` and `train.evaluate_accuracy` pass the parameters as arguments.
+
+The protocols' jitted functions are internal, so compilations are counted (JAX's compile
+events); where the test owns the traced function, `chex.assert_max_traces` bounds its traces.
+"""
 
 import contextlib
 
+import chex
 import jax
 import numpy as np
 from flax import nnx
 
 from spurjax import evalset
+from spurjax import evaluation
 from spurjax import models
 from spurjax import reliance
 from spurjax import train
@@ -55,6 +61,10 @@ def test_second_model_compiles_nothing():
     out["clean"] = train.evaluate_accuracy(model, es.images, es.labels, batch_size=4)
     return out
 
+  # The protocols' jits cleared first, so that their programs, if an earlier test in this
+  # process (an xdist worker runs many) compiled them, are compiled again here and counted.
+  for jitted in (reliance._predict_params, reliance._pair_params, evaluation._correct):
+    jitted.clear_cache()
   with count_compiles() as warm:
     out_first = run(first)
   # Each part compiled once: predict, the two noise modes, the accuracy step.
@@ -102,3 +112,32 @@ def test_class_map_scores_every_model_form_alike_without_recompiling():
   with count_compiles() as names:
     reliance.evaluate(jax.random.key(3), second, es, **kw)
   assert names == [], names
+
+
+def test_a_params_pair_traces_its_apply_fn_once_for_every_protocol_sigma_and_model():
+  """An `(apply_fn(params, images), params)` pair: the protocols (clean accuracy, RFS) and
+  noise levels at one input shape share one trace of apply_fn, and so does a second
+  parameter set (chex raises on a second trace)."""
+  rng = np.random.default_rng()
+  n, size, c = 8, 8, 3
+  model = models.make_model("small_cnn", c, rngs=nnx.Rngs(int(rng.integers(1 << 30))), width=4)
+  graphdef, state = nnx.split(models.eval_view(model))
+
+  @chex.assert_max_traces(n=1)
+  def apply_params(params, x):
+    return nnx.merge(graphdef, params)(x)
+
+  masks = (rng.uniform(size=(n, size, size)) < 0.3).astype(np.float32)
+  es = evalset.EvalSet(rng.uniform(size=(n, size, size, 3)).astype(np.float32),
+                       np.arange(n) % c, c, masks=masks)
+  kw = dict(batch_size=4, sigmas=(0.2, 0.4), rfs_modes=("gaussian",))
+  first = reliance.evaluate(jax.random.key(1), (apply_params, state), es, **kw)
+  # The second model: head negated, so its logits are minus the first's.
+  second = jax.tree.map(np.array, state)
+  second["head"]["kernel"][...] = -second["head"]["kernel"][...]
+  second["head"]["bias"][...] = -second["head"]["bias"][...]
+  out = reliance.evaluate(jax.random.key(1), (apply_params, second), es, **kw)
+  assert out.keys() == first.keys()
+  preds = [reliance.predictions((apply_params, s), es.images, batch_size=4)
+           for s in (state, second)]
+  assert np.all(preds[0] != preds[1])  # It did use the second parameters.

@@ -1,15 +1,20 @@
-"""The phase-diagram sim end to end (small preset), its flag errors, and device sharding."""
+"""The phase-diagram sim end to end (small preset, as a user runs it), its flag errors (in
+this process), and device sharding."""
 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
+from absl import app
 import jax
 import numpy as np
 import pytest
+
+from sims import _common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,10 +53,19 @@ def test_small_preset_writes_outputs(tmp_path):
                                   "--ratio_min=2 --ratio_max=1", "--rho=1.5", "--d_core=0",
                                   "--preset=huge"])
 def test_bad_flags_give_usage_error(tmp_path, flag):
-  proc = _run(["-m", "sims.phase_diagram", f"--workdir={tmp_path}", *flag.split()])
-  assert proc.returncode != 0
+  """A usage error naming the flag (absl.app.run prints it, exit status 1), nothing written."""
+  name = flag.split("=")[0]
+  with pytest.raises(app.UsageError, match=re.escape(name)):
+    _common.run_main("sims.phase_diagram", [f"--workdir={tmp_path}", *flag.split()])
+  assert os.listdir(tmp_path) == []
+
+
+def test_bad_flag_from_the_command_line_is_a_usage_message(tmp_path):
+  """The same error as `python -m` reports it: a one-line message, no traceback."""
+  proc = _run(["-m", "sims.phase_diagram", f"--workdir={tmp_path}", "--eps_max=0"])
+  assert proc.returncode == 1
   assert "Traceback" not in proc.stderr
-  assert "FATAL Flags parsing error" in proc.stderr or "Usage" in proc.stderr
+  assert "FATAL Flags parsing error" in proc.stderr and "--eps_max" in proc.stderr
 
 
 def test_grid_map_sharded_over_4_devices_equals_single_device():

@@ -11,17 +11,16 @@ import csv
 import dataclasses
 import json
 import os
-import subprocess
-import sys
+import re
 
+from absl import app
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sims import _common
 from sims import pretrained_reliance as pr
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------- names
@@ -109,15 +108,9 @@ def test_list_models_errors(tmp_path):
 
 
 def test_columns_include_those_of_background_reliance():
-  """The metric columns of sims.background_reliance, read from its source (importing it
-  here would define its absl flags a second time)."""
-  import ast
-  with open(os.path.join(ROOT, "sims", "background_reliance.py")) as f:
-    tree = ast.parse(f.read())
-  cols = []
-  for node in tree.body:
-    if isinstance(node, ast.Assign) and node.targets[0].id in ("METRICS", "EXTRA"):
-      cols += list(ast.literal_eval(node.value))
+  """The metric columns of sims.background_reliance (importing a sim defines no flags)."""
+  from sims import background_reliance as br
+  cols = list(br.METRICS) + list(br.EXTRA)
   assert cols and set(cols) <= set(pr.FIELDS)
   for b, owned in pr.OWNED.items():
     assert set(owned) <= set(pr.FIELDS), b
@@ -199,11 +192,16 @@ def fgsm(model, logits_fn, *, norm, eps, config):
   return jax.jit(attack)
 
 
-CONFIG = dict(pr.PRESETS["small"], max_images=12, attack_norms="l2,linf")
+CONFIG = dict(pr.PRESETS["small"], max_images=12, attack_norms=["l2", "linf"])
 
 # The small preset's item settings, pinned so that a change is a deliberate one.
 SMALL = dict(batch_size=8, max_images=8, max_train=16, n_robust=4, pgd_steps=2,
-             attack_norms="linf", rfs_sigmas="90,180", rfs_modes="gaussian", probe_l2="0.001")
+             attack_norms=["linf"], rfs_sigmas=[90.0, 180.0], rfs_modes=["gaussian"],
+             probe_l2=[0.001])
+# The same list settings as configs stored them before they were list flags (comma strings,
+# as typed on the command line).
+OLD_FORM = dict(attack_norms="l2,linf", rfs_sigmas="90,180", rfs_modes="gaussian",
+                probe_l2="0.001")
 
 
 def _fake_setup(tmp_path, benches=("in9", "waterbirds", "rival10", "salient_masks",
@@ -285,10 +283,84 @@ def test_bad_roots_raise_naming_the_flag(tmp_path):
     pr.compute(CONFIG, str(tmp_path / "w"), {k: None for k in roots}, models)
 
 
+def test_list_settings_in_either_form_are_one_config():
+  new = pr.canonical_config(CONFIG)
+  old = pr.canonical_config(dict(CONFIG, **OLD_FORM))
+  assert new == old and old["rfs_sigmas"] == [90.0, 180.0] and old["probe_l2"] == [0.001]
+  assert pr.canonical_config(dict(CONFIG, rfs_sigmas="", probe_l2=" "))["rfs_sigmas"] == []
+  assert pr.canonical_config(dict(CONFIG, rfs_sigmas=(90, "180")))["rfs_sigmas"] == [90., 180.]
+  with pytest.raises(ValueError, match="--rfs_sigmas"):
+    pr.check_config(dict(CONFIG, rfs_sigmas="90,abc"))
+  with pytest.raises(ValueError, match="--rfs_sigmas"):
+    pr.check_config(dict(CONFIG, rfs_sigmas=[0.0]))
+  with pytest.raises(ValueError, match="--attack_norms"):
+    pr.check_config(dict(CONFIG, attack_norms="l2,l7"))
+
+
+def test_a_workdir_stored_in_the_old_comma_form_resumes_without_recomputing(tmp_path,
+                                                                            monkeypatch):
+  """Item keys and probe identities written when the list settings were comma strings
+  (rewritten here into that form, as the older code wrote them) match the list settings: a
+  rerun evaluates and fits nothing. (Evaluation is stubbed: this is about the identities.)"""
+  models, roots = _fake_setup(tmp_path, ("rival10", "imagenet"))
+  work = str(tmp_path / "w")
+  evaluated = []
+
+  def evaluate(runner, entry, bench):
+    evaluated.append((entry.name, bench))
+    return {"clean_acc": 0.5}
+
+  monkeypatch.setattr(pr._Runner, "evaluate", evaluate)
+  backend = FakeBackend()
+  pr.compute(CONFIG, work, roots, models, backend=backend)
+  assert len(evaluated) == 2 * len(models)
+  runner = pr._Runner(pr.canonical_config(CONFIG), work, roots, backend)
+  heads = [runner.head(m, "rival10", runner.model(m)) for m in models]
+  assert backend.calls["fit_head"] == len(models)
+
+  rewritten = 0
+  for base, _, files in os.walk(os.path.join(work, "results")):
+    for f in files:
+      path = os.path.join(base, f)
+      stored = json.load(open(path))
+      for k in set(OLD_FORM) & set(stored["key"]["eval"]):
+        stored["key"]["eval"][k] = OLD_FORM[k]  # the older `{k: config[k] for k in keys}`
+        rewritten += 1
+      with open(path, "w") as out:
+        json.dump(stored, out)
+  for base, _, files in os.walk(os.path.join(work, "probes")):
+    for f in files:
+      with np.load(os.path.join(base, f)) as z:
+        parts = dict(z)
+      ident = json.loads(str(parts["ident"]))
+      assert ident["probe_l2"] == [0.001]
+      ident["probe_l2"] = OLD_FORM["probe_l2"]  # the older `str(config["probe_l2"])`
+      parts["ident"] = np.asarray(json.dumps(ident, sort_keys=True))
+      np.savez(os.path.join(base, f), **parts)
+      rewritten += 1
+  # Per model: attack_norms (imagenet), rfs_sigmas, rfs_modes, probe_l2 (rival10), a probe.
+  assert rewritten == 5 * len(models)
+
+  evaluated.clear()
+  again = FakeBackend()
+  pr.compute(CONFIG, work, roots, models, backend=again)
+  assert evaluated == []
+  runner = pr._Runner(pr.canonical_config(CONFIG), work, roots, again)
+  for m, (w, b) in zip(models, heads):
+    w2, b2 = runner.head(m, "rival10", runner.model(m))
+    np.testing.assert_array_equal(w2, w)
+    np.testing.assert_array_equal(b2, b)
+  assert again.calls["fit_head"] == 0
+  # A changed list setting still re-evaluates the items it touches, and refits.
+  pr.compute(dict(CONFIG, rfs_sigmas=[90.0]), work, roots, models, backend=again)
+  assert sorted(evaluated) == sorted((m.name, "rival10") for m in models)
+  runner = pr._Runner(pr.canonical_config(dict(CONFIG, probe_l2=[0.01])), work, roots, again)
+  runner.head(models[0], "rival10", runner.model(models[0]))
+  assert again.calls["fit_head"] == 1
+
+
 def _sim(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", "sims.pretrained_reliance", *args],
-                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+  _common.run_main("sims.pretrained_reliance", args)
 
 
 def test_usage_errors(tmp_path):
@@ -301,11 +373,17 @@ def test_usage_errors(tmp_path):
       ([f"--checkpoints={tmp_path}/resnet*.ckpt", f"--in9={tmp_path}/nope"], "--in9: not found"),
       ([f"--checkpoints={tmp_path}/resnet*.ckpt", f"--in9={tmp_path}/in9",
         "--attack_norms=l3"], "--attack_norms"),
+  ] + [
+      ([f"--checkpoints={tmp_path}/resnet*.ckpt", f"--in9={tmp_path}/in9", flag],
+       flag.split("=")[0])
+      for flag in ("--attack_norms=", "--rfs_modes=gaussian,l3", "--rfs_sigmas=300",
+                   "--rfs_sigmas=90,x", "--probe_l2=-1", "--probe_l2=inf")
+  ] + [
       ([f"--in9={tmp_path}/in9"], "no model"),
   ]
   for args, message in cases:
-    proc = _sim(f"--workdir={tmp_path}/w", *args)
-    assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
+    with pytest.raises(app.UsageError, match=re.escape(message)):
+      _sim(f"--workdir={tmp_path}/w", *args)
     assert not os.path.exists(tmp_path / "w")
 
 

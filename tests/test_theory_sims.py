@@ -1,16 +1,22 @@
 """The theory sims (shift tradeoff, spurious helps, finite sample): claims, outputs, flags,
-atomic writes, and a two-process run on JAX's distributed runtime."""
+atomic writes, and a two-process run on JAX's distributed runtime.
+
+The sims run in this process (`sims._common.run_main`); only the distributed run starts
+processes of its own."""
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
 
+from absl import app
 import jax
 import numpy as np
 import pytest
 
+from sims import _common
 from spurjax import empirical
 from spurjax import io
 from spurjax import theory as T
@@ -24,9 +30,8 @@ def _env(extra=None):
   return env
 
 
-def _sim(name, *args, extra_env=None):
-  return subprocess.run([sys.executable, "-m", f"sims.{name}", *args], capture_output=True,
-                        text=True, env=_env(extra_env), cwd=ROOT, timeout=400)
+def _sim(name, *args):
+  _common.run_main(f"sims.{name}", args)
 
 
 def _rows(path):
@@ -42,8 +47,7 @@ def x64():
 
 @pytest.mark.parametrize("name", ["shift_tradeoff", "spurious_helps", "finite_sample"])
 def test_small_preset_outputs(tmp_path, name):
-  proc = _sim(name, "--preset=small", f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _sim(name, "--preset=small", f"--workdir={tmp_path}")
   for f in (f"{name}.png", f"{name}.csv", "manifest.json"):
     assert (tmp_path / f).stat().st_size > 0, f
   rows = _rows(tmp_path / f"{name}.csv")
@@ -155,11 +159,10 @@ def test_empirical_risk_matches_population_for_large_n():
     ("spurious_helps", "--sigma_spu=-1"),
 ])
 def test_bad_flags_are_usage_errors(tmp_path, name, flag):
-  proc = _sim(name, f"--workdir={tmp_path}", flag)
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  flag_name = flag.split("=")[0]
-  assert flag_name in proc.stderr or flag_name in proc.stdout
+  """A usage error naming the flag (what absl.app.run prints, exit status 1)."""
+  with pytest.raises(app.UsageError, match=re.escape(flag.split("=")[0])):
+    _sim(name, f"--workdir={tmp_path}", flag)
+  assert not os.path.exists(tmp_path / f"{name}.csv")
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -176,35 +179,52 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 def test_rerun_in_same_workdir_replaces_outputs(tmp_path):
   for _ in range(2):
-    proc = _sim("spurious_helps", "--preset=small", f"--workdir={tmp_path}", "--norms=l2",
-                "--n_eps=5")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _sim("spurious_helps", "--preset=small", f"--workdir={tmp_path}", "--norms=l2", "--n_eps=5")
   assert sorted(os.listdir(tmp_path)) == ["manifest.json", "spurious_helps.csv",
                                          "spurious_helps.png"]
 
 
 def _free_port():
+  """A port that was free a moment ago (another process may take it before the coordinator
+  binds it: the caller retries on a bind failure)."""
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
 
 
+def _run_two_processes(args, workdir, attempts=3):
+  """Runs the sim as processes 0 and 1 of a jax.distributed job; on a coordinator port taken
+  between `_free_port` and the bind, retries with a fresh port."""
+  logs = [os.path.join(os.path.dirname(workdir), f"process_{i}.log") for i in range(2)]
+  for _ in range(attempts):
+    port = _free_port()
+    procs = []
+    for i in range(2):
+      with open(logs[i], "w") as log:  # files, not pipes: no process blocks on a full pipe
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "sims.phase_diagram", *args, f"--workdir={workdir}",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2",
+             f"--process_id={i}"], env=_env(), cwd=ROOT, stdout=log, stderr=log))
+    if procs[0].wait(timeout=300) != 0:
+      procs[1].kill()  # it would wait for the coordinator until its own timeout
+    procs[1].wait(timeout=300)
+    if procs[0].returncode == 0 and procs[1].returncode == 0:
+      return
+    errors = open(logs[0]).read() if procs[0].returncode else open(logs[1]).read()
+    # A taken coordinator port reads "Failed to start RPC server"; anything else is a failure.
+    if not re.search(r"Failed to start RPC server|[Aa]ddress already in use", errors):
+      break
+  raise AssertionError(errors[-3000:])
+
+
 def test_two_processes_on_jax_distributed_match_single_process(tmp_path):
-  """Two CPU processes on localhost, one device each; process 0 writes the merged grid."""
-  port = _free_port()
+  """Two CPU processes on localhost, one device each; process 0 writes the merged grid; the
+  same grid from one process (run in this one) is equal."""
   args = ["--preset=small", "--norms=linf", "--n_eps=5", "--n_ratio=4", "--n_rho=3"]
   multi = tmp_path / "multi"
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "sims.phase_diagram", *args, f"--workdir={multi}",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  _run_two_processes(args, multi)
   single = tmp_path / "single"
-  proc = _sim("phase_diagram", *args, f"--workdir={single}")
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  _sim("phase_diagram", *args, f"--workdir={single}")
   a, b = _rows(multi / "phase_diagram.csv"), _rows(single / "phase_diagram.csv")
   assert len(a) == len(b) > 0
   for ra, rb in zip(a, b):

@@ -5,9 +5,6 @@ against an independent solver, and `sims.scale_law --norms=l1` (once a KeyError)
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +22,6 @@ from spurjax import parallel
 from spurjax import theory as T
 from spurjax import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---------------------------------------------------------------------------- training
 
@@ -243,20 +239,10 @@ def test_fit_adversarial_linear_matches_a_conic_solver(norm):
 
 def test_scale_law_accepts_l1():
   """`--norms=l1` resolves a radius (eps_l1) for every l1 model; it once raised KeyError."""
-  script = textwrap.dedent("""
-      import json, sys
-      from absl import flags
-      from sims import _common, scale_law
-      flags.FLAGS(["scale_law", "--preset=small", "--norms=none,l1"])
-      config = _common.resolve_config(scale_law.PRESETS, scale_law.CONFIG_FLAGS)
-      specs = scale_law.specs_of(config)
-      scale_law.suite_config(config)
-      print(json.dumps([[s.norm, s.eps] for s in specs]))
-  """)
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        cwd=ROOT, env=env, timeout=120)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  specs = json.loads(proc.stdout.strip().splitlines()[-1])
+  from sims import _common
+  with _common.sim_flags("sims.scale_law", ["--preset=small", "--norms=none,l1"]) as (sl, _):
+    config = _common.resolve_config(sl.PRESETS, sl.CONFIG_FLAGS)
+    specs = [[s.norm, s.eps] for s in sl.specs_of(config)]
+    sl.suite_config(config)
   assert [s for s in specs if s[0] == "l1"] and all(
       e == (10.0 if n == "l1" else 0.0) for n, e in specs)
