@@ -221,18 +221,26 @@ def write_rival10(root: str, key: jax.Array, *, per_class: int = 2, image_size: 
 
 
 # --------------------------------------------------------------------------- Salient ImageNet
-def _crop_frame_source(img224: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _crop_frame_source(img224: np.ndarray, rng: np.random.Generator,
+                       taken: set[tuple[int, int]]) -> np.ndarray:
   """An image of random size and aspect whose resize-256/center-crop-224 view is `img224`:
-  `img224` is padded (edge values) to a 256-short-side frame, which is then resized."""
-  wide = int(rng.integers(256, 384))
+  `img224` is padded (edge values) to a 256-short-side frame, which is then resized. Its
+  (height, width) is not in `taken` (redrawn until new; then added), so that every image
+  of a tree has its own size (~38,000 possible sizes: 12 images share one ~0.2% of the
+  time otherwise)."""
+  while True:
+    wide = int(rng.integers(256, 384))
+    portrait = rng.random() < 0.5   # Portrait as often as landscape.
+    short = int(rng.integers(120, 300))
+    h, w = (wide, 256) if portrait else (256, wide)
+    out = (short, int(round(short * w / h))) if h <= w else (int(round(short * h / w)), short)
+    if out not in taken:
+      break
+  taken.add(out)
   long_pad = (int(round((wide - 224) / 2.0)), wide - 224 - int(round((wide - 224) / 2.0)))
   short_pad = (16, 16)
-  portrait = rng.random() < 0.5   # Portrait as often as landscape.
   frame = np.pad(img224, (long_pad if portrait else short_pad,
                           short_pad if portrait else long_pad, (0, 0)), mode="edge")
-  short = int(rng.integers(120, 300))
-  h, w = frame.shape[:2]
-  out = (short, int(round(short * w / h))) if h <= w else (int(round(short * h / w)), short)
   im = Image.fromarray(_u8(frame)).resize((out[1], out[0]), Image.BILINEAR)
   return np.asarray(im, np.float32) / 255.0
 
@@ -257,7 +265,7 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
   rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
   up = lambda a, mode=Image.BILINEAR: np.asarray(
       Image.fromarray(_u8(a)).resize((mask_size, mask_size), mode), np.float32) / 255.0
-  files, answers = {}, []
+  files, answers, sizes = {}, [], set()
   for d in (mask_root, imagenet_root):
     if os.path.exists(d):
       raise ValueError(f"{d} already exists; fixture trees are written fresh")
@@ -272,7 +280,7 @@ def write_salient_imagenet(mask_root: str, imagenet_root: str, key: jax.Array, *
         name = f"{wnid}_{rng.integers(1000, 99999)}{j}"
         names.append(name)
         img = up(np.asarray(es.images[i]))
-        src = _crop_frame_source(img, rng)
+        src = _crop_frame_source(img, rng, sizes)
         rel = os.path.join("train", wnid, name + ".JPEG")
         _save(os.path.join(itmp, rel), src, "JPEG", quality=95)
         m = np.asarray(es.masks[i], np.float32)
