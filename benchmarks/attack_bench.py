@@ -29,7 +29,6 @@ starts, for trying library fusions (see `--help`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -59,11 +58,11 @@ if ARGS is not None and ARGS.xla_flags:
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402  (after XLA_FLAGS)
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from benchmarks import _timing  # noqa: E402
 from spurjax import attacks  # noqa: E402
 from spurjax import io  # noqa: E402
 from spurjax import models  # noqa: E402
@@ -81,23 +80,6 @@ def _time(fn, repeats):
     fn()
     ts.append(time.perf_counter() - t)
   return float(np.median(ts))
-
-
-def _interleaved(fns, repeats):
-  """Seconds of each `fns[name]()` (which blocks) over `repeats` rounds after a warm-up of
-  two calls each (so that no compilation is timed); in every round each function runs once,
-  in turn, so that a change of load on a shared machine hits all of them alike.
-  Returns `{name: [seconds per round]}`."""
-  for fn in fns.values():
-    fn()
-    fn()
-  ts = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      t = time.perf_counter()
-      fn()
-      ts[name].append(time.perf_counter() - t)
-  return ts
 
 
 def matmul_peak_gflops(n=2048, repeats=5):
@@ -214,7 +196,7 @@ def figures(size, args, names, have_torch, peak):
     if k in tfns:
       fns["torch " + k] = tfns[k]
   load0 = os.getloadavg()[0]
-  ts = _interleaved(fns, args.repeats)
+  ts = _timing.interleaved(fns, args.repeats)
   fig = {"forward_gflop_per_image": flops / 1e9, "repeats": args.repeats,
          "load_average": [load0, os.getloadavg()[0]]}
   for k in names:

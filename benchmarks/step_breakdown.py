@@ -34,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import _timing  # noqa: E402
 from spurjax import attacks  # noqa: E402
 from spurjax import models  # noqa: E402
 
@@ -190,14 +191,7 @@ def conv_variants(size, batch, width, repeats, loop_steps=5):
       assert np.allclose(g, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max()), name
       fns[(name, "once")] = lambda once_j=once_j: once_j(x, k).block_until_ready()
       fns[(name, "loop")] = lambda loop_j=loop_j: loop_j(x, k).block_until_ready()
-    for fn in fns.values():
-      fn()
-    ts = {key: [] for key in fns}
-    for _ in range(repeats):
-      for key, fn in fns.items():
-        t = time.perf_counter()
-        fn()
-        ts[key].append(time.perf_counter() - t)
+    ts = _timing.interleaved(fns, repeats, warmup=1)
     line = f"  {s}x{s}, {cin} -> {cout}:"
     for name in variants:
       line += (f"  {name} {1e3 * np.median(ts[(name, 'once')]):.1f} / "
