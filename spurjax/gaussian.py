@@ -654,6 +654,12 @@ def _linf_step(prep: _Prep, floor: jax.Array, st: dict) -> tuple[dict, _Piece]:
               drop_sign=sc[k]), piece
 
 
+def _path_steps(norm: str):
+  """(init, step) of the homotopy for an attack norm: the lasso path (l_inf attack, n the
+  l1 norm) or the l_inf-penalty path (l1 attack)."""
+  return (_lasso_init, _lasso_step) if norm == "linf" else (_linf_init, _linf_step)
+
+
 def _homotopy(prep: _Prep, norm: str, max_steps: int, eps: jax.Array | None = None):
   """Walks the homotopy of `norm` from mu_0 down.
 
@@ -663,7 +669,7 @@ def _homotopy(prep: _Prep, norm: str, max_steps: int, eps: jax.Array | None = No
   `(piece, found)`; found is also True when no piece is needed (collapse: Phi >= mu_0
   already at w = 0; eps = 0: least squares), False when `max_steps` ran out first.
   """
-  init, step = (_lasso_init, _lasso_step) if norm == "linf" else (_linf_init, _linf_step)
+  init, step = _path_steps(norm)
   mu0, st = init(prep)
   floor = _mu_floor(mu0)
   d, dtype = prep.cross.shape[0], prep.cross.dtype
@@ -701,9 +707,10 @@ def _walk_batch(prep: _Prep, norm: str, max_steps: int):
   vmap of a while loop whose condition differs across the batch selects between the new
   and the old carry, leaf by leaf, at every step: for the `(B, K, d)` records of p and q
   that is four full passes per breakpoint (about a third of an l1 walk at d = 50, B = 16).
-  Here the models that are done keep their state by a select on the (small) state, and
-  each step writes one row per model into the records."""
-  init, step = (_lasso_init, _lasso_step) if norm == "linf" else (_linf_init, _linf_step)
+  Here the models that are done keep their state by a select on the state alone (its
+  largest leaf is the `(B, d + 1, d + 1)` inverse, rewritten by every step anyway), and each
+  step writes one row per model into the records."""
+  init, step = _path_steps(norm)
   mu0, st = jax.vmap(init)(prep)
   floor = _mu_floor(mu0)
   b = mu0.shape[0]

@@ -180,8 +180,7 @@ def test_interpolating_models_radius_grid(rng):
   with s = 0, mu = 0). (A Newton root search started at that end, tried once, returned
   least squares 0.2% above the minimum for 1 of 12 such models; at this test's size it
   would be caught only sometimes: the piece search keeps 64 bisection steps.)"""
-  cp = pytest.importorskip("cvxpy")
-  del cp
+  pytest.importorskip("cvxpy")
   d = 5
   eps = np.sort(rng.uniform(0.0, 0.8, 12))
   risk = jax.jit(jax.vmap(G.adversarial_risk, in_axes=(None, 0, 0, None)), static_argnums=3)
